@@ -1,0 +1,54 @@
+"""The whole searchr1 pipeline as one Prefect flow: the same stages, in the same order, as dvc.yaml.
+
+    python flows/pipeline.py                 # embedded default
+    python flows/pipeline.py --set train.steps=50
+    searchr1 pipeline                        # the same
+
+Stages are cached on the hashes of their inputs, params and outputs (see tasks/caching.py): an
+unchanged stage is skipped and Prefect reports it as Cached. All stage runs nest under one MLflow
+parent run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `python flows/pipeline.py` puts flows/ first, not the project root
+    sys.path.insert(0, str(ROOT))
+
+from prefect import flow  # noqa: E402
+
+from searchr1.config import load_settings  # noqa: E402
+from searchr1.tracking import git_commit, pipeline_run  # noqa: E402
+from tasks import stages as t  # noqa: E402
+
+log = logging.getLogger("searchr1.pipeline")
+
+
+@flow(name="searchr1-pipeline", log_prints=True)
+def pipeline(params: str = "params.yaml", overrides: list[str] | None = None) -> dict:
+    """data → corpus → QA; each later issue adds its stage here and in dvc.yaml."""
+    overrides = list(overrides or [])
+    settings = load_settings(params, overrides)
+    results: dict[str, dict] = {}
+    with pipeline_run(settings.tracking, tags={"git.commit": git_commit()}):
+        results["world"] = t.world(params, overrides)
+        results["corpus"] = t.corpus(params, overrides)
+        results["qa"] = t.qa(params, overrides)
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    pipeline(params=args.params, overrides=args.overrides)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,316 @@
+"""Typed settings: `params.yaml` is the single source of settings for every stage.
+
+Each stage reads its own section into a validated pydantic model. Unknown keys and wrong
+types are errors that name the offending key (e.g. ``train.lr: Input should be a valid number``).
+CLI ``--set a.b=c`` overrides and ``dvc exp run -S a.b=c`` edits land in the same objects.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """A settings file or override is invalid; the message names the file and key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class WorldConfig(Section):
+    """The bundled fictional knowledge world (the offline default task)."""
+
+    seed: int = 0
+    num_people: int = Field(1500, ge=10)
+    num_places: int = Field(500, ge=10)
+    num_organizations: int = Field(700, ge=10)
+    num_inventions: int = Field(700, ge=10)
+    num_events: int = Field(700, ge=10)
+    distractors_per_entity: float = Field(1.0, ge=0)
+    num_train_questions: int = Field(3000, ge=1)
+    num_test_questions: int = Field(500, ge=1)
+    version: int = Field(1, ge=1, description="World version; >1 emits a refreshed world with changed facts.")
+    out_dir: str = "data/world"
+
+
+class CorpusConfig(Section):
+    """Corpus preparation: the bundled world or a wiki-18-style jsonl file."""
+
+    source: Literal["world", "jsonl"] = "world"
+    path: str | None = Field(None, description="jsonl corpus when source=jsonl (e.g. wiki-18.jsonl)")
+    max_passages: int | None = Field(None, ge=1)
+    out_path: str = "data/corpus/corpus.jsonl"
+    stats_path: str = "data/corpus/stats.json"
+
+
+class QAConfig(Section):
+    """QA preparation: bundled questions or FlashRAG / HF datasets for the paper's 7 benchmarks."""
+
+    source: Literal["world", "flashrag", "hf"] = "world"
+    flashrag_dir: str | None = None
+    hf_path: str = "RUC-NLPIR/FlashRAG_datasets"
+    train_datasets: list[str] = ["nq", "hotpotqa"]
+    test_datasets: list[str] = ["nq", "triviaqa", "popqa", "hotpotqa", "2wikimultihopqa", "musique", "bamboogle"]
+    max_train: int | None = Field(None, ge=1)
+    max_test_per_dataset: int | None = Field(None, ge=1)
+    template: str = "search_r1"
+    out_dir: str = "data/qa"
+
+
+class EncoderConfig(Section):
+    name_or_path: str = "all-MiniLM-L6-v2"
+    pooling: Literal["mean", "cls"] = "mean"
+    normalize: bool = True
+    query_prefix: str = ""
+    passage_prefix: str = ""
+    max_length: int = Field(256, ge=8)
+    batch_size: int = Field(128, ge=1)
+    backend: Literal["torch", "onnx"] = "torch"
+
+
+class FaissConfig(Section):
+    type: Literal["flat", "hnsw", "ivfpq"] = "flat"
+    hnsw_m: int = Field(32, ge=4)
+    hnsw_ef_search: int = Field(128, ge=1)
+    ivf_nlist: int = Field(1024, ge=1)
+    pq_m: int = Field(48, ge=1)
+    ivf_nprobe: int = Field(32, ge=1)
+    train_sample: int = Field(200_000, ge=1)
+    use_gpu: bool | Literal["auto"] = "auto"
+    shard_size: int = Field(65_536, ge=1, description="Passages per embedding shard (resume unit).")
+
+
+class ServerConfig(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8765, ge=1, le=65535)
+    url: str | None = Field(None, description="Use an already running retrieval server instead of in-process.")
+    token: str | None = None
+    max_queries_per_request: int = Field(512, ge=1)
+    max_query_chars: int = Field(2048, ge=1)
+    max_topk: int = Field(50, ge=1)
+    cache_size: int = Field(100_000, ge=0)
+    batch_window_ms: float = Field(5.0, ge=0)
+    timeout_s: float = Field(30.0, gt=0)
+    retries: int = Field(3, ge=0)
+
+
+class RetrievalConfig(Section):
+    method: Literal["bm25", "dense", "hybrid"] = "bm25"
+    topk: int = Field(3, ge=1)
+    index_dir: str = "indexes"
+    build: list[Literal["bm25", "dense"]] = ["bm25", "dense"]
+    encoder: EncoderConfig = EncoderConfig()
+    faiss: FaissConfig = FaissConfig()
+    server: ServerConfig = ServerConfig()
+    rrf_k: int = Field(60, ge=1)
+
+
+class PolicyConfig(Section):
+    """Which policy to load. `kind` picks the loader; all loaders return (model, tokenizer)."""
+
+    kind: Literal["micro", "smol", "hf", "tiny"] = "micro"
+    name_or_path: str | None = Field(None, description="HF id or local path when kind=hf")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    micro_hidden_size: int = Field(256, ge=8)
+    micro_layers: int = Field(4, ge=1)
+    micro_heads: int = Field(4, ge=1)
+    micro_vocab_size: int = Field(4096, ge=256)
+    micro_max_positions: int = Field(1024, ge=64)
+    out_dir: str = "models/base"
+
+
+class RolloutConfig(Section):
+    engine: Literal["hf", "vllm"] = "hf"
+    max_turns: int = Field(4, ge=0)
+    max_prompt_tokens: int = Field(512, ge=16)
+    max_turn_tokens: int = Field(128, ge=1)
+    max_obs_tokens: int = Field(512, ge=1)
+    max_total_tokens: int = Field(2048, ge=32)
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)
+    batch_size: int = Field(32, ge=1)
+    seed: int = 0
+    vllm_tensor_parallel_size: int = Field(1, ge=1)
+    vllm_gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
+
+
+class RewardConfig(Section):
+    metric: Literal["em", "substring_em", "f1"] = "em"
+    format_reward: bool = False
+    structure_format_score: float = 0.2
+    final_format_score: float = 0.1
+    retrieval_score: float = 0.0
+
+
+class SFTConfig(Section):
+    """Cold start: SFT on search trajectories built from the knowledge base (retrieved tokens masked)."""
+
+    enabled: bool = True
+    source: Literal["gold", "rejection"] = "gold"
+    num_examples: int | None = Field(None, ge=1)
+    epochs: int = Field(2, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(16, ge=1)
+    query_noise: float = Field(0.3, ge=0, le=1, description="Fraction of trajectories with an imperfect first query.")
+    out_dir: str = "models/sft"
+
+
+class DeepSpeedConfig(Section):
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    offload_optimizer: bool = False
+    offload_param: bool = False
+    bf16: bool | Literal["auto"] = "auto"
+    gradient_checkpointing: bool = False
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+
+
+class TrainConfig(Section):
+    algorithm: Literal["ppo", "grpo", "reinforce_pp"] = "grpo"
+    init_from: str = Field("sft", description="'sft', 'base', or a path / models:/ URI")
+    steps: int = Field(20, ge=0)
+    prompts_per_step: int = Field(16, ge=1)
+    num_generations: int = Field(5, ge=1, description="Samples per prompt (GRPO group size).")
+    ppo_epochs: int = Field(1, ge=1)
+    minibatch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-6, gt=0)
+    critic_lr: float = Field(1e-5, gt=0)
+    warmup_steps: int = Field(0, ge=0)
+    kl_coef: float = Field(0.001, ge=0)
+    kl_estimator: Literal["k1", "k3", "low_var_kl"] = "low_var_kl"
+    kl_in_reward: bool = False
+    clip_range: float = Field(0.2, gt=0)
+    clip_range_value: float = Field(0.2, gt=0)
+    entropy_coef: float = Field(0.001, ge=0)
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(1.0, ge=0, le=1)
+    mask_retrieved: bool = Field(True, description="Exclude <information> tokens from the loss (paper ablation: false).")
+    mask_critic: bool = Field(True, description="Also mask retrieved tokens in the value loss and GAE.")
+    save_every: int = Field(10, ge=1)
+    eval_every: int = Field(10, ge=1)
+    eval_size: int = Field(64, ge=1)
+    seed: int = 0
+    stop_on_collapse: bool = False
+    sync_timeout_s: float = Field(600, gt=0)
+    deepspeed: DeepSpeedConfig = DeepSpeedConfig()
+    out_dir: str = "checkpoints"
+    final_dir: str = "models/policy"
+
+
+class EvaluationConfig(Section):
+    methods: list[Literal["direct", "rag", "search-r1"]] = ["direct", "rag", "search-r1"]
+    models: list[str] = Field(default_factory=lambda: ["base", "sft", "policy"])
+    max_examples: int | None = Field(None, ge=1)
+    batch_size: int = Field(32, ge=1)
+    bootstrap_samples: int = Field(1000, ge=0)
+    out_dir: str = "reports/eval"
+
+
+class RegistryConfig(Section):
+    model_name: str = "searchr1-policy"
+    metric: str = "em"
+    margin: float = Field(0.0, ge=0)
+
+
+class TrackingConfig(Section):
+    tracking_uri: str = Field("sqlite:///mlflow.db", description="Overridden by MLFLOW_TRACKING_URI.")
+    experiment: str = "searchr1"
+    artifact_location: str | None = Field(None, description="Default: ./mlartifacts beside the store.")
+    enabled: bool = True
+
+
+class Settings(Section):
+    """All of params.yaml."""
+
+    seed: int = 0
+    world: WorldConfig = WorldConfig()
+    corpus: CorpusConfig = CorpusConfig()
+    qa: QAConfig = QAConfig()
+    retrieval: RetrievalConfig = RetrievalConfig()
+    policy: PolicyConfig = PolicyConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    reward: RewardConfig = RewardConfig()
+    sft: SFTConfig = SFTConfig()
+    train: TrainConfig = TrainConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    registry: RegistryConfig = RegistryConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"{source}: {key}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``a.b.c=value`` (value as YAML, so ``1e-5``, ``true``, ``[a, b]`` work)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. train.lr=1e-5")
+    key, raw = text.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"override {text!r}: empty key")
+    # YAML reads 1e-5 as a string; pydantic's lax mode turns it into the float the field wants.
+    value = yaml.safe_load(raw) if raw.strip() else None
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {part} is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def load_settings(path: str | Path | None = "params.yaml", overrides: list[str] | None = None) -> Settings:
+    """Read params.yaml (missing file → defaults), apply ``KEY=VALUE`` overrides, validate."""
+    data: dict = {}
+    source = "<defaults>"
+    if path is not None and Path(path).exists():
+        source = str(path)
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+    elif path is not None and str(path) != "params.yaml":
+        raise ConfigError(f"{path}: settings file not found")
+    data = apply_overrides(data, overrides or [])
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def dump_settings(settings: Settings) -> str:
+    return yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False)
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}`` (for MLflow params)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

@@ -1,0 +1,97 @@
+"""The CPU-sized `micro` policy: a byte-level BPE tokenizer trained on the corpus and a few-million
+parameter Llama model trained from scratch by the cold start."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+
+from searchr1.io import iter_jsonl
+from searchr1.prompts import INVALID_ACTION_MESSAGE, TAGS, TEMPLATES
+
+PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
+
+
+def _training_texts(corpus_path: str | Path, qa_paths: Sequence[str | Path]) -> Iterator[str]:
+    """Everything the policy will read or write: passages, questions, answers, queries, templates."""
+    yield from TEMPLATES.values()
+    yield INVALID_ACTION_MESSAGE
+    for _, row in iter_jsonl(corpus_path):
+        yield row.get("contents", "")
+    for path in qa_paths:
+        for _, row in iter_jsonl(path):
+            yield row.get("question", "")
+            yield " ".join(str(a) for a in row.get("golden_answers", []))
+            yield " ".join(str(q) for q in (row.get("metadata") or {}).get("gold_queries", []))
+
+
+def train_micro_tokenizer(
+    corpus_path: str | Path, qa_paths: Sequence[str | Path], vocab_size: int, out_dir: str | Path
+):
+    """Train a byte-level BPE on corpus + questions and save it as a PreTrainedTokenizerFast.
+
+    The Search-R1 tags are added (non-special) single tokens so they survive decoding; <|pad|>,
+    <|bos|>, <|eos|> are special and distinct (padding never hides an end of sequence). Every encoded
+    text starts with <|bos|>. There is no chat template: prompts are used as raw text.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - len(TAGS),  # tags are added on top; the total stays at vocab_size
+        special_tokens=[PAD, BOS, EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_training_texts(corpus_path, qa_paths), trainer=trainer)
+    tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in TAGS])
+    bos_id = tok.token_to_id(BOS)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
+    )
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, clean_up_tokenization_spaces=False
+    )
+    hf_tok.save_pretrained(out_dir)
+    return hf_tok
+
+
+def build_micro_policy(cfg, tokenizer):
+    """A randomly initialised Llama model sized by ``cfg.micro_*`` (PolicyConfig), tied embeddings.
+
+    Llama's rotary attention learns copying (induction) quickly, which the cold start needs: entity
+    names go from the question into the query and from a retrieved passage into the answer.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if cfg.micro_hidden_size % cfg.micro_heads:
+        raise ValueError(
+            f"policy.micro_hidden_size={cfg.micro_hidden_size} is not divisible by policy.micro_heads={cfg.micro_heads}"
+        )
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.micro_hidden_size,
+        intermediate_size=cfg.micro_hidden_size * 8 // 3,  # Llama's SwiGLU ratio
+        num_hidden_layers=cfg.micro_layers,
+        num_attention_heads=cfg.micro_heads,
+        num_key_value_heads=cfg.micro_heads,
+        max_position_embeddings=cfg.micro_max_positions,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+def count_params(model: torch.nn.Module) -> int:
+    """Unique parameters (tied embeddings counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

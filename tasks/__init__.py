@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers over the stage functions in ``searchr1.stages``."""

@@ -1,0 +1,47 @@
+"""One Prefect task per pipeline stage. Each loads the settings and calls the stage function.
+
+Retries are for transient failures only (I/O, a server not up yet): bad settings or bad data
+fail at once with the error that names the problem.
+"""
+
+from __future__ import annotations
+
+from prefect import task
+
+from searchr1 import stages
+from searchr1.config import ConfigError, load_settings
+from searchr1.io import DataError
+from tasks.caching import cache_key
+
+
+def _transient(task, task_run, state) -> bool:
+    """Retry unless the failure is a user error that a retry cannot fix."""
+    try:
+        state.result()
+    except (ConfigError, DataError, FileNotFoundError, ValueError):
+        return False
+    except Exception:
+        return True
+    return False
+
+
+def stage_task(name: str, retries: int = 1):
+    """A cached, retried Prefect task running ``searchr1.stages.STAGES[name]``."""
+
+    @task(
+        name=name,
+        cache_key_fn=cache_key,
+        persist_result=True,
+        retries=retries,
+        retry_delay_seconds=2,
+        retry_condition_fn=_transient,
+    )
+    def run(params: str = "params.yaml", overrides: list[str] | None = None) -> dict:
+        return stages.STAGES[name](load_settings(params, overrides or []))
+
+    return run
+
+
+world = stage_task("world")
+corpus = stage_task("corpus")
+qa = stage_task("qa")

@@ -1,0 +1,53 @@
+from pathlib import Path
+
+import pytest
+
+from searchr1.config import ConfigError, Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_repo_params_yaml_is_valid_and_complete():
+    settings = load_settings(ROOT / "params.yaml")
+    assert isinstance(settings, Settings)
+    assert settings.retrieval.topk == 3 and settings.rollout.max_turns == 4
+
+
+def test_unknown_key_is_an_error_naming_the_key(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("train:\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"params.yaml: train.learning_rate: unknown key"):
+        load_settings(p)
+
+
+def test_wrong_type_is_an_error_naming_the_key(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("retrieval:\n  topk: many\n")
+    with pytest.raises(ConfigError, match=r"retrieval.topk"):
+        load_settings(p)
+
+
+def test_out_of_range_value_is_rejected(tmp_path):
+    with pytest.raises(ConfigError, match=r"train.clip_range"):
+        load_settings(None, ["train.clip_range=-1"])
+
+
+def test_overrides_land_in_typed_objects():
+    s = load_settings(None, ["train.lr=1e-5", "retrieval.method=dense", "qa.train_datasets=[nq]"])
+    assert s.train.lr == pytest.approx(1e-5) and isinstance(s.train.lr, float)
+    assert s.retrieval.method == "dense"
+    assert s.qa.train_datasets == ["nq"]
+
+
+def test_bad_override_syntax_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        load_settings(None, ["train.lr"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "missing.yaml")
+
+
+def test_invalid_yaml_names_the_file(tmp_path):
+    p = tmp_path / "p.yaml"
+    p.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="p.yaml: not valid YAML"):
+        load_settings(p)
