@@ -1,55 +1,75 @@
-"""Cache keys for stage tasks, derived from dvc.yaml so Prefect and DVC agree on what a stage reads.
+"""Skip unchanged stages, keyed on what dvc.yaml declares, so Prefect and DVC agree on what a stage reads.
 
-A key hashes the stage's declared deps (DVC's md5 of each file/dir), its params sections from the
-resolved settings, and its outputs: an unchanged stage whose outputs are intact is skipped; a
-deleted or edited output makes it run again.
+A stage is unchanged when the hashes of its declared deps (DVC's md5) and its params sections equal
+those of its last successful run, and its outputs are still the ones that run wrote. The last run
+is recorded in a small lock file per stage (like dvc.lock). A deleted or edited output makes the
+stage run again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from searchr1.config import load_settings
+from searchr1.io import read_json, write_json
 from searchr1.tracking import path_hash
 
-
-@lru_cache(maxsize=4)
-def _dvc_stages(dvc_file: str, mtime: float) -> dict[str, Any]:
-    return yaml.safe_load(Path(dvc_file).read_text())["stages"]
+LOCK_DIR = Path(".cache/stages")
 
 
-def stage_spec(stage: str, dvc_file: str = "dvc.yaml") -> dict[str, Any]:
-    """The deps/params/outs/metrics DVC declares for a stage."""
-    path = Path(dvc_file)
-    stages = _dvc_stages(str(path), path.stat().st_mtime)
+def stage_spec(stage: str, dvc_file: str | Path = "dvc.yaml") -> dict[str, Any]:
+    """The deps/params/outs/metrics that dvc.yaml declares for a stage."""
+    stages = yaml.safe_load(Path(dvc_file).read_text())["stages"]
     if stage not in stages:
         raise KeyError(f"{dvc_file}: no stage named {stage!r}")
     return stages[stage]
 
 
-def _names(entries: list) -> list[str]:
+def _names(entries: list | None) -> list[str]:
     """DVC lists entries as plain strings or one-key mappings (``- path: {cache: false}``)."""
     return [e if isinstance(e, str) else next(iter(e)) for e in entries or []]
 
 
-def stage_key(stage: str, params: str, overrides: list[str]) -> str:
+def _fingerprint(path: str) -> list:
+    """Cheap identity of an output (size + mtime of every file), like DVC's state database."""
+    p = Path(path)
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else []
+    return [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files] or ["missing"]
+
+
+def input_key(stage: str, params: str, overrides: list[str]) -> str:
+    """Hash of what the stage reads: its deps' content and its params sections."""
     spec = stage_spec(stage)
     settings = load_settings(params, overrides).model_dump(mode="json")
     material = {
         "stage": stage,
         "deps": {d: path_hash(d) for d in _names(spec.get("deps"))},
         "params": {p: settings.get(p) for p in _names(spec.get("params"))},
-        "outs": {o: path_hash(o) for o in _names(spec.get("outs")) + _names(spec.get("metrics"))},
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
-def cache_key(context, parameters: dict[str, Any]) -> str:
-    """Prefect ``cache_key_fn``: the task's name is the stage name."""
-    return stage_key(context.task.name, parameters["params"], parameters.get("overrides") or [])
+def _outputs(stage: str) -> dict[str, list]:
+    spec = stage_spec(stage)
+    return {o: _fingerprint(o) for o in _names(spec.get("outs")) + _names(spec.get("metrics"))}
+
+
+def record_success(stage: str, key: str, result: dict) -> None:
+    """Called after a stage succeeds: remember its input key, the outputs it left and its result."""
+    write_json(LOCK_DIR / f"{stage}.json", {"key": key, "outs": _outputs(stage), "result": result})
+
+
+def cached_result(stage: str, key: str) -> dict | None:
+    """The last run's result if the stage is unchanged (same inputs and params, outputs intact), else None."""
+    lock_file = LOCK_DIR / f"{stage}.json"
+    if not lock_file.exists():
+        return None
+    lock = read_json(lock_file)
+    if lock.get("key") != key or lock.get("outs") != _outputs(stage):
+        return None
+    return lock.get("result")

@@ -6,12 +6,12 @@ fail at once with the error that names the problem.
 
 from __future__ import annotations
 
-from prefect import task
+from prefect import get_run_logger, task
 
 from searchr1 import stages
 from searchr1.config import ConfigError, load_settings
 from searchr1.io import DataError
-from tasks.caching import cache_key
+from tasks.caching import cached_result, input_key, record_success
 
 
 def _transient(task, task_run, state) -> bool:
@@ -26,18 +26,24 @@ def _transient(task, task_run, state) -> bool:
 
 
 def stage_task(name: str, retries: int = 1):
-    """A cached, retried Prefect task running ``searchr1.stages.STAGES[name]``."""
+    """A retried Prefect task running ``searchr1.stages.STAGES[name]``, skipped when unchanged."""
 
     @task(
         name=name,
-        cache_key_fn=cache_key,
-        persist_result=True,
         retries=retries,
         retry_delay_seconds=2,
         retry_condition_fn=_transient,
     )
     def run(params: str = "params.yaml", overrides: list[str] | None = None) -> dict:
-        return stages.STAGES[name](load_settings(params, overrides or []))
+        overrides = overrides or []
+        key = input_key(name, params, overrides)
+        cached = cached_result(name, key)
+        if cached is not None:
+            get_run_logger().info("%s: inputs, params and outputs unchanged since its last run: skipped", name)
+            return cached
+        result = stages.STAGES[name](load_settings(params, overrides))
+        record_success(name, key, result)
+        return result
 
     return run
 

@@ -58,6 +58,7 @@ class QAConfig(Section):
     test_datasets: list[str] = ["nq", "triviaqa", "popqa", "hotpotqa", "2wikimultihopqa", "musique", "bamboogle"]
     max_train: int | None = Field(None, ge=1)
     max_test_per_dataset: int | None = Field(None, ge=1)
+    seed: int = Field(0, description="Seed of the max_train / max_test_per_dataset subsampling.")
     template: str = "search_r1"
     out_dir: str = "data/qa"
 
@@ -70,7 +71,7 @@ class EncoderConfig(Section):
     passage_prefix: str = ""
     max_length: int = Field(256, ge=8)
     batch_size: int = Field(128, ge=1)
-    backend: Literal["torch", "onnx"] = "torch"
+    backend: Literal["torch"] = Field("torch", description="Encoder runtime; ONNX/int8 CPU paths are not implemented.")
 
 
 class FaissConfig(Section):
@@ -138,6 +139,8 @@ class RolloutConfig(Section):
     seed: int = 0
     vllm_tensor_parallel_size: int = Field(1, ge=1)
     vllm_gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
+    retrieval_retries: int = Field(2, ge=0, description="Retries of a failed retriever call before RetrievalError.")
+    retrieval_backoff_s: float = Field(0.5, ge=0, description="First retry delay; doubles each retry.")
 
 
 class RewardConfig(Section):
@@ -158,6 +161,13 @@ class SFTConfig(Section):
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(16, ge=1)
     query_noise: float = Field(0.3, ge=0, le=1, description="Fraction of trajectories with an imperfect first query.")
+    skip_hop: float = Field(
+        0.5, ge=0, le=1, description="Multi-hop trajectories answering after one search when its passages already hold the answer."
+    )
+    warmup_ratio: float = Field(0.05, ge=0, le=1)
+    weight_decay: float = Field(0.01, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    max_length: int = Field(1024, ge=32, description="Tokens per example (prompt + response); longer ones are cut.")
     out_dir: str = "models/sft"
 
 
@@ -197,6 +207,11 @@ class TrainConfig(Section):
     eval_size: int = Field(64, ge=1)
     seed: int = 0
     stop_on_collapse: bool = False
+    collapse_min_entropy: float = Field(0.01, ge=0, description="Warn when mean token entropy falls below this.")
+    collapse_max_kl: float = Field(1.0, gt=0, description="Warn when the KL to the reference exceeds this.")
+    collapse_reward_drop: float = Field(
+        0.5, gt=0, le=1, description="Warn when the 5-step mean reward loses this fraction of its best value."
+    )
     sync_timeout_s: float = Field(600, gt=0)
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
     out_dir: str = "checkpoints"

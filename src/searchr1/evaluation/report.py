@@ -1,0 +1,50 @@
+"""Render evaluation results like the paper's tables: rows = (model, method), columns = datasets + average."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from searchr1.io import atomic_path
+
+
+def markdown_table(results: dict[str, dict[str, dict[str, float]]], metric: str = "em") -> str:
+    """``results[row_label][dataset][metric]`` → a markdown table with ``average`` as the last column.
+
+    EM cells show the 95% bootstrap interval when it is known.
+    """
+    datasets = sorted({d for per in results.values() for d in per if d != "average"})
+    header = ["method", *datasets, "average"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, per in results.items():
+        cells = [label]
+        for d in [*datasets, "average"]:
+            m = per.get(d)
+            if m is None:
+                cells.append("–")
+                continue
+            cell = f"{m[metric]:.3f}"
+            if metric == "em" and "em_ci_low" in m:
+                cell += f" [{m['em_ci_low']:.3f}, {m['em_ci_high']:.3f}]"
+            cells.append(cell)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def bar_plot(results: dict[str, dict[str, dict[str, float]]], path: str | Path, metric: str = "em") -> None:
+    """Bar chart of the average ``metric`` per row (model, method)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(results)
+    values = [results[k]["average"][metric] for k in labels]
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(labels)), 3.5))
+    ax.bar(range(len(labels)), values, color="#4C72B0")
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+    ax.set_ylabel(f"{metric} (average over datasets)")
+    ax.set_ylim(0, 1)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
