@@ -31,7 +31,7 @@ log = logging.getLogger("searchr1.pipeline")
 
 @flow(name="searchr1-pipeline", log_prints=True)
 def pipeline(params: str = "params.yaml", overrides: list[str] | None = None) -> dict:
-    """data → corpus → QA; each later issue adds its stage here and in dvc.yaml."""
+    """world → corpus → qa → index → policy → sft (cold start) → train (RL) → evaluate → promote."""
     overrides = list(overrides or [])
     settings = load_settings(params, overrides)
     results: dict[str, dict] = {}
@@ -39,6 +39,14 @@ def pipeline(params: str = "params.yaml", overrides: list[str] | None = None) ->
         results["world"] = t.world(params, overrides)
         results["corpus"] = t.corpus(params, overrides)
         results["qa"] = t.qa(params, overrides)
+        results["index"] = t.index(params, overrides)
+        results["policy"] = t.policy(params, overrides)
+        if settings.sft.enabled:
+            results["sft"] = t.sft(params, overrides)
+        results["train"] = t.train(params, overrides)
+        results["evaluate"] = t.evaluate(params, overrides)
+        if settings.tracking.enabled:
+            results["promote"] = t.promote(params, overrides)
     return results
 
 

@@ -35,6 +35,14 @@ def _names(entries: list | None) -> list[str]:
     return [e if isinstance(e, str) else next(iter(e)) for e in entries or []]
 
 
+def _lookup(settings: dict, dotted: str) -> Any:
+    """``"retrieval.faiss"`` → settings["retrieval"]["faiss"] (DVC params may name nested keys)."""
+    node: Any = settings
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
 def _fingerprint(path: str) -> list:
     """Cheap identity of an output (size + mtime of every file), like DVC's state database."""
     p = Path(path)
@@ -49,7 +57,7 @@ def input_key(stage: str, params: str, overrides: list[str]) -> str:
     material = {
         "stage": stage,
         "deps": {d: path_hash(d) for d in _names(spec.get("deps"))},
-        "params": {p: settings.get(p) for p in _names(spec.get("params"))},
+        "params": {p: _lookup(settings, p) for p in _names(spec.get("params"))},
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 

@@ -1,49 +1,50 @@
-"""`dvc repro` runs the CLI stages in a real git repo; `dvc metrics show` reads their metrics."""
+"""`dvc repro` runs every CLI stage in a real git repo; `dvc metrics show` and `dvc plots` read the outputs."""
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.test_pipeline_flow import TINY_WORLD
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.test_pipeline_flow import write_tiny_project
 
 
 def _run(*cmd: str, cwd: Path) -> str:
-    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, f"{' '.join(cmd)} failed:\n{out.stdout}\n{out.stderr}"
+    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, f"{' '.join(cmd)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     return out.stdout
 
 
-@pytest.fixture
-def repo(tmp_path):
-    shutil.copy(ROOT / "dvc.yaml", tmp_path)
-    shutil.copytree(ROOT / "src", tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__"))
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["world"].update(TINY_WORLD)
-    params["tracking"]["enabled"] = False
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    _run("git", "init", "-q", cwd=tmp_path)
-    _run("dvc", "init", "-q", cwd=tmp_path)
-    _run("dvc", "config", "core.analytics", "false", cwd=tmp_path)
-    return tmp_path
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    path = tmp_path_factory.mktemp("dvcrepo")
+    write_tiny_project(path, f"sqlite:///{path / 'mlflow.db'}")
+    _run("git", "init", "-q", cwd=path)
+    _run("dvc", "init", "-q", cwd=path)
+    _run("dvc", "config", "core.analytics", "false", cwd=path)
+    _run("dvc", "repro", cwd=path)
+    return path
 
 
-def test_dvc_repro_runs_data_stages_and_reports_metrics(repo):
-    _run("dvc", "repro", cwd=repo)
-    assert (repo / "data/qa/train.parquet").exists()
+def test_dvc_repro_runs_every_stage_and_reports_metrics(repo):
+    for out in ("data/qa/train.parquet", "indexes/bm25", "models/sft", "models/policy", "reports/eval.md"):
+        assert (repo / out).exists(), out
     metrics = json.loads(_run("dvc", "metrics", "show", "--json", cwd=repo))
     shown = json.dumps(metrics)
-    assert '"num_passages"' in shown and '"num_questions"' in shown
+    for key in ('"num_passages"', '"num_questions"', '"final_reward_mean"', '"complete"', '"promoted"'):
+        assert key in shown, key
+    assert "changed" not in _run("dvc", "status", cwd=repo)  # everything up to date after repro
 
-    status = _run("dvc", "status", cwd=repo)
-    assert "changed" not in status  # everything up to date after repro
 
+def test_param_change_invalidates_only_downstream_stages(repo):
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["world"]["seed"] = 3
+    params["evaluation"]["bootstrap_samples"] = 7
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
-    assert "world" in _run("dvc", "status", cwd=repo)  # a param change invalidates the stage
+    status = _run("dvc", "status", cwd=repo)
+    assert "evaluate" in status and "world" not in status and "train:" not in status
+
+
+def test_dvc_plots_render_training_curves(repo):
+    out = _run("dvc", "plots", "show", "--json", cwd=repo)
+    assert "reward_mean" in out

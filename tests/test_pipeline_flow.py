@@ -1,4 +1,5 @@
-"""The Prefect flow runs the real stages, caches unchanged ones, and logs to MLflow."""
+"""The Prefect flow runs every real stage end to end on tiny settings, skips unchanged stages, and
+nests all stage runs under one MLflow parent run."""
 
 import os
 import shutil
@@ -17,6 +18,40 @@ TINY_WORLD = {
     "num_train_questions": 40,
     "num_test_questions": 12,
 }
+# Everything small enough for seconds per stage on a 2-core CPU.
+TINY_SETTINGS = {
+    "world": TINY_WORLD,
+    "retrieval": {"build": ["bm25"]},
+    "policy": {"kind": "tiny", "micro_vocab_size": 512},
+    "sft": {"num_examples": 16, "epochs": 1, "batch_size": 8},
+    "rollout": {"max_turns": 1, "max_turn_tokens": 12, "max_obs_tokens": 64},
+    "train": {
+        "algorithm": "grpo",
+        "steps": 2,
+        "prompts_per_step": 2,
+        "num_generations": 2,
+        "minibatch_size": 4,
+        "eval_size": 4,
+        "eval_every": 2,
+        "save_every": 1,
+        "lr": 1e-4,
+    },
+    "evaluation": {"max_examples": 4, "methods": ["direct", "search-r1"], "models": ["sft", "policy"], "bootstrap_samples": 50},
+}
+
+
+def write_tiny_project(path: Path, tracking_uri: str | None) -> None:
+    """A scratch project: the repo's dvc.yaml + src, and params.yaml with TINY_SETTINGS merged in."""
+    shutil.copy(ROOT / "dvc.yaml", path / "dvc.yaml")
+    shutil.copytree(ROOT / "src", path / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in TINY_SETTINGS.items():
+        params[section].update(values)
+    if tracking_uri is None:
+        params["tracking"]["enabled"] = False
+    else:
+        params["tracking"]["tracking_uri"] = tracking_uri
+    (path / "params.yaml").write_text(yaml.safe_dump(params))
 
 
 @pytest.fixture(scope="module")
@@ -27,48 +62,68 @@ def harness():
         yield
 
 
-@pytest.fixture
-def project(tmp_path, monkeypatch):
-    """A scratch project: the repo's dvc.yaml + src, and a params.yaml with a tiny world."""
-    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
-    shutil.copytree(ROOT / "src", tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__"))
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["world"].update(TINY_WORLD)
-    params["tracking"]["tracking_uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return tmp_path
-
-
-def test_flow_runs_stages_then_skips_unchanged_ones(harness, project):
+@pytest.fixture(scope="module")
+def project(harness, tmp_path_factory):
+    """The tiny pipeline, run once for the whole module."""
     from flows.pipeline import pipeline
 
-    pipeline(params="params.yaml")
-    reports = {p: p.stat().st_mtime_ns for p in (project / "reports").glob("*.json")}
-    assert {p.name for p in reports} >= {"world.json", "corpus.json", "qa.json"}
-    assert (project / "data/qa/train.parquet").exists()
+    path = tmp_path_factory.mktemp("project")
+    write_tiny_project(path, f"sqlite:///{path / 'mlflow.db'}")
+    old = os.getcwd()
+    os.chdir(path)
+    saved = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    try:
+        results = pipeline(params="params.yaml")
+        yield path, results
+    finally:
+        os.chdir(old)
+        if saved is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = saved
 
-    pipeline(params="params.yaml")  # nothing changed: every stage is a cache hit
-    assert {p: p.stat().st_mtime_ns for p in reports} == reports
 
-    os.remove(project / "data/qa/test.jsonl")  # a damaged output makes its stage run again
-    pipeline(params="params.yaml")
-    assert (project / "data/qa/test.jsonl").exists()
-    assert (project / "reports/qa.json").stat().st_mtime_ns != reports[project / "reports/qa.json"]
-    assert (project / "reports/world.json").stat().st_mtime_ns == reports[project / "reports/world.json"]
+def _mtimes(path: Path) -> dict:
+    return {p.name: p.stat().st_mtime_ns for p in (path / "reports").glob("*.json")}
 
 
-def test_flow_stage_runs_nest_under_one_mlflow_parent(harness, project):
+def test_pipeline_produces_every_stage_output(project):
+    path, results = project
+    assert list(results) == ["world", "corpus", "qa", "index", "policy", "sft", "train", "evaluate", "promote"]
+    for out in ("data/qa/train.parquet", "indexes/bm25", "models/base", "models/sft", "models/policy", "reports/eval.md"):
+        assert (path / out).exists(), out
+    assert results["train"]["steps"] == 2
+    assert results["evaluate"]["complete"] is True
+    assert set(results["evaluate"]["results"]) >= {"sft/direct", "sft/search-r1", "policy/direct", "policy/search-r1"}
+    assert results["promote"]["promoted"] == 1  # the first version becomes champion
+
+
+def test_rerun_skips_unchanged_stages_and_reruns_damaged_ones(project, monkeypatch):
+    from flows.pipeline import pipeline
+
+    path, _ = project
+    monkeypatch.chdir(path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    before = _mtimes(path)
+    pipeline(params="params.yaml", overrides=["tracking.enabled=false"])  # promote needs tracking: left out
+    after = _mtimes(path)
+    assert {k: after[k] for k in before if k != "promote.json"} == {k: v for k, v in before.items() if k != "promote.json"}
+
+    os.remove(path / "data/qa/test.jsonl")  # a damaged output makes its stage run again
+    pipeline(params="params.yaml", overrides=["tracking.enabled=false"])
+    again = _mtimes(path)
+    assert (path / "data/qa/test.jsonl").exists()
+    assert again["qa.json"] != before["qa.json"]
+    assert again["world.json"] == before["world.json"]
+    # The regenerated QA set is byte-identical, so nothing downstream of it reruns.
+    assert again["train.json"] == before["train.json"]
+
+
+def test_stage_runs_nest_under_one_mlflow_parent(project):
     from mlflow import MlflowClient
 
-    from flows.pipeline import pipeline
-
-    pipeline(params="params.yaml", overrides=["world.seed=7"])
     client = MlflowClient()
     exp = client.get_experiment_by_name("searchr1")
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if r.info.run_name == "pipeline"]
     assert len(parents) == 1
     children = {r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
-    assert children == {"world", "corpus", "qa"}
+    assert children == {"world", "corpus", "qa", "index", "policy", "sft", "train", "evaluate", "promote"}

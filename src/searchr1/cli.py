@@ -47,6 +47,72 @@ def _stage_command(name: str):
     return run
 
 
+def _cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
+    from searchr1.retrieval.server import serve
+
+    cfg = settings.retrieval
+    if args.port is not None:
+        cfg.server.port = args.port
+    serve(cfg, settings.corpus.out_path)
+
+
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--port", type=int, default=None, help="port (default: retrieval.server.port)")
+
+
+def _cmd_train(settings: Settings, args: argparse.Namespace) -> None:
+    from searchr1.stages import train
+
+    train(settings, resume=args.resume)
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", action="store_true", help="continue exactly from the latest checkpoint in train.out_dir")
+
+
+def _cmd_ask(settings: Settings, args: argparse.Namespace) -> None:
+    from searchr1.models.loading import load_policy
+    from searchr1.retrieval import load_retriever
+    from searchr1.rollout.ask import ask, print_sample
+    from searchr1.rollout.engine import HFEngine
+    from searchr1.stages import policy_dirs
+
+    source = args.model or next(
+        (p for p in (settings.train.final_dir, settings.sft.out_dir, settings.policy.out_dir) if Path(p).exists()), None
+    )
+    if source is None:
+        raise ConfigError("no trained policy found: run `searchr1 pipeline` first, or pass --model PATH|models:/NAME@ALIAS")
+    source = policy_dirs(settings).get(source, source)
+    model, tokenizer = load_policy(source, dtype=settings.policy.dtype)
+    retriever = load_retriever(settings.retrieval, settings.corpus.out_path)
+    log.info("policy: %s, retriever: %s", source, settings.retrieval.server.url or settings.retrieval.method)
+    sample, docs = ask(args.question, HFEngine(model, tokenizer), tokenizer, retriever, settings.rollout, topk=settings.retrieval.topk)
+    print_sample(sample, docs)
+
+
+def _ask_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("question", help="the question to answer")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="policy folder, HF id, models:/NAME@champion, or base|sft|policy (default: newest of policy, sft, base)",
+    )
+
+
+def _cmd_view(settings: Settings, args: argparse.Namespace) -> None:
+    from searchr1.rollout.viewer import write_viewer
+
+    out = args.out or str(Path(args.trajectories).with_suffix(".html"))
+    n = write_viewer(args.trajectories, out, limit=args.limit)
+    print(f"wrote {n} trajectories to {out}")
+
+
+def _view_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("trajectories", help="a trajectories.jsonl file (e.g. reports/trajectories.jsonl)")
+    p.add_argument("--out", default=None, help="HTML file to write (default: beside the jsonl)")
+    p.add_argument("--limit", type=int, default=None, help="show at most this many trajectories")
+
+
 def _cmd_config(settings: Settings, args: argparse.Namespace) -> None:
     print(dump_settings(settings), end="")
 
@@ -61,12 +127,54 @@ def _cmd_pipeline(settings: Settings, args: argparse.Namespace) -> None:
     pipeline(params=args.params, overrides=args.overrides)
 
 
+def _retrain_flow():
+    if not Path("flows/retrain.py").exists():
+        raise ConfigError("flows/retrain.py not found: run this command from the project root")
+    sys.path.insert(0, str(Path.cwd()))
+    import flows.retrain
+
+    return flows.retrain
+
+
+def _cmd_retrain(settings: Settings, args: argparse.Namespace) -> None:
+    _retrain_flow().retrain(drop=args.drop, params=args.params, overrides=args.overrides, extend_qa=not args.no_qa)
+
+
+def _retrain_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--drop", required=True, help="refresh folder: upserts.jsonl, deletes.txt, qa_train/qa_test.jsonl, or a world v2 folder")
+    p.add_argument("--no-qa", action="store_true", help="do not add the drop's questions to the QA sets")
+
+
+def _cmd_schedule(settings: Settings, args: argparse.Namespace) -> None:
+    _retrain_flow().schedule(args.cron, args.drop, params=args.params, overrides=args.overrides)
+
+
+def _schedule_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cron", required=True, help='cron schedule, e.g. "0 3 * * 0" (Sundays 03:00)')
+    p.add_argument("--drop", required=True, help="refresh folder each run picks up (see `searchr1 retrain`)")
+
+
 # name -> (help, handler, extra-arguments function or None)
 COMMANDS = {
     "world": ("generate the bundled fictional knowledge world (DVC stage `world`)", _stage_command("world"), None),
     "corpus": ("validate and normalise the corpus into data/corpus (DVC stage `corpus`)", _stage_command("corpus"), None),
     "qa": ("prepare train/test QA sets: FlashRAG jsonl + Search-R1 parquet (DVC stage `qa`)", _stage_command("qa"), None),
+    "index": ("build BM25 / dense FAISS indexes over the corpus, resumable (DVC stage `index`)", _stage_command("index"), None),
+    "serve-retriever": (
+        "serve the index over HTTP (Search-R1 compatible POST /retrieve, GET /health)",
+        _cmd_serve,
+        _serve_args,
+    ),
+    "policy": ("write the base policy: micro (trained tokenizer + random init), smol, or an HF model (DVC stage `policy`)", _stage_command("policy"), None),
+    "sft": ("cold start: SFT on search trajectories from the training questions (DVC stage `sft`)", _stage_command("sft"), None),
+    "train": ("RL training (PPO/GRPO/REINFORCE++) with search rollouts on DeepSpeed (DVC stage `train`)", _cmd_train, _train_args),
+    "evaluate": ("score models x methods (direct, rag, search-r1) on the test split (DVC stage `evaluate`)", _stage_command("evaluate"), None),
+    "promote": ("register the trained policy in MLflow; champion only if it beats the champion (DVC stage `promote`)", _stage_command("promote"), None),
+    "ask": ("answer one question with a policy and the retriever, showing reasoning, searches and answer", _cmd_ask, _ask_args),
+    "view": ("render a trajectories.jsonl as HTML, retrieved (masked) text marked", _cmd_view, _view_args),
     "pipeline": ("run the whole pipeline as a Prefect flow (flows/pipeline.py)", _cmd_pipeline, None),
+    "retrain": ("one retrain cycle now: refresh corpus, update indexes, train from champion, evaluate, promote", _cmd_retrain, _retrain_args),
+    "schedule": ("serve the retrain flow on a cron schedule (needs `prefect server start` + PREFECT_API_URL)", _cmd_schedule, _schedule_args),
     "config": ("print the resolved settings (params.yaml + overrides) and exit", _cmd_config, None),
 }
 

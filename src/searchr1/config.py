@@ -84,6 +84,9 @@ class FaissConfig(Section):
     train_sample: int = Field(200_000, ge=1)
     use_gpu: bool | Literal["auto"] = "auto"
     shard_size: int = Field(65_536, ge=1, description="Passages per embedding shard (resume unit).")
+    rebuild_fraction: float = Field(
+        0.2, ge=0, le=1, description="Incremental updates rebuild the FAISS index (from kept embeddings) above this removed fraction."
+    )
 
 
 class ServerConfig(Section):
@@ -98,6 +101,7 @@ class ServerConfig(Section):
     batch_window_ms: float = Field(5.0, ge=0)
     timeout_s: float = Field(30.0, gt=0)
     retries: int = Field(3, ge=0)
+    launch: bool = Field(False, description="Flows start a server for train/evaluate (unless url is set) and point the stages at it.")
 
 
 class RetrievalConfig(Section):
@@ -127,6 +131,7 @@ class PolicyConfig(Section):
 
 class RolloutConfig(Section):
     engine: Literal["hf", "vllm"] = "hf"
+    template: str = Field("search_r1", description="Search instruction (a name in prompts.TEMPLATES); the cold start uses it too.")
     max_turns: int = Field(4, ge=0)
     max_prompt_tokens: int = Field(512, ge=16)
     max_turn_tokens: int = Field(128, ge=1)
@@ -214,6 +219,11 @@ class TrainConfig(Section):
     )
     sync_timeout_s: float = Field(600, gt=0)
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
+    launcher: Literal["none", "deepspeed", "torchrun"] = Field("none", description="Flows run train in-process or under this launcher.")
+    num_gpus: int = Field(1, ge=1, description="Processes (GPUs) per node for the launcher.")
+    num_nodes: int = Field(1, ge=1)
+    hostfile: str | None = Field(None, description="DeepSpeed hostfile for multi-node runs ('host slots=N' lines).")
+    master_port: int | None = Field(None, ge=1, le=65535)
     out_dir: str = "checkpoints"
     final_dir: str = "models/policy"
 

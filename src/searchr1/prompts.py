@@ -39,7 +39,16 @@ RAG_TEMPLATE = (
     "<information>{context}</information>\nQuestion: {question}\n"
 )
 
-TEMPLATES = {"search_r1": SEARCH_R1_TEMPLATE, "direct": DIRECT_TEMPLATE, "rag": RAG_TEMPLATE}
+# A short instruction for policies trained from scratch (the CPU `micro` profile): the protocol is
+# learnt from the cold start, not read from the instruction, and every prompt token costs CPU time.
+COMPACT_TEMPLATE = "Search with <search> query </search>, answer with <answer> answer </answer>. Question: {question}\n"
+
+TEMPLATES = {
+    "search_r1": SEARCH_R1_TEMPLATE,
+    "compact": COMPACT_TEMPLATE,
+    "direct": DIRECT_TEMPLATE,
+    "rag": RAG_TEMPLATE,
+}
 
 # Shown to the policy after a turn that neither searched nor answered (Search-R1's wording).
 INVALID_ACTION_MESSAGE = (
@@ -60,6 +69,21 @@ def make_prompt(question: str, template: str = "search_r1", context: str = "") -
     if not question.endswith("?"):  # as Search-R1's data prep does
         question += "?"
     return fmt.format(question=question, context=context)
+
+
+def render_prompt(tokenizer, content: str) -> str:
+    """The prompt text a policy sees: a user turn plus the assistant header through the tokenizer's chat
+    template when it has one, else ``content`` unchanged."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+        )
+    return content
+
+
+def encode_prompt(tokenizer, content: str) -> list[int]:
+    """Prompt token ids, identical for the cold start and the rollout (no special tokens added)."""
+    return tokenizer(render_prompt(tokenizer, content), add_special_tokens=False).input_ids
 
 
 def split_title(contents: str) -> tuple[str, str]:

@@ -69,8 +69,235 @@ def prepare_qa(settings: Settings) -> dict:
         return _finish(run, "qa", stats, started)
 
 
+def build_index(settings: Settings) -> dict:
+    """Build the BM25 and/or dense indexes over the prepared corpus (resumable, idempotent)."""
+    from searchr1.retrieval.build import build_indexes
+
+    cfg, corpus = settings.retrieval, settings.corpus.out_path
+    started = time.time()
+    with stage_run(settings.tracking, "index", params={"retrieval": cfg.model_dump()}, inputs={"corpus": corpus}) as run:
+        stats = build_indexes(cfg, corpus)
+        return _finish(run, "index", stats, started)
+
+
+def prepare_policy(settings: Settings) -> dict:
+    """Write the base policy (micro: tokenizer trained on the corpus + random init; smol; hf id/path)."""
+    from searchr1.models.loading import POLICY_FILE, prepare_base_policy
+    from searchr1.io import read_json
+
+    cfg = settings.policy
+    qa = [Path(settings.qa.out_dir) / "train.jsonl"]
+    started = time.time()
+    inputs = {"corpus": settings.corpus.out_path, "qa_train": qa[0]}
+    with stage_run(settings.tracking, "policy", params={"policy": cfg.model_dump()}, inputs=inputs) as run:
+        out = prepare_base_policy(cfg, settings.corpus.out_path, qa, seed=settings.seed)
+        info = read_json(out / POLICY_FILE)
+        return _finish(run, "policy", {"params": info["params"], "vocab_size": info["vocab_size"]}, started)
+
+
+def cold_start(settings: Settings) -> dict:
+    """SFT on search trajectories built from the training questions through the real retriever."""
+    from searchr1.retrieval import load_retriever
+    from searchr1.sft.train import run_sft
+
+    cfg = settings.sft
+    qa_train = Path(settings.qa.out_dir) / "train.jsonl"
+    started = time.time()
+    inputs = {"base": settings.policy.out_dir, "qa_train": qa_train}
+    with stage_run(settings.tracking, "sft", params={"sft": cfg.model_dump()}, inputs=inputs) as run:
+        retriever = load_retriever(settings.retrieval, settings.corpus.out_path)
+        metrics = run_sft(settings, settings.policy.out_dir, qa_train, retriever, cfg.out_dir, log_fn=run.log_metrics)
+        metrics.pop("loss_curve", None)  # logged per step already
+        return _finish(run, "sft", metrics, started)
+
+
+def _init_policy(settings: Settings) -> str:
+    """Where RL starts: the cold-start model, the base model, or any path / ``models:/`` URI."""
+    init = settings.train.init_from
+    if init == "sft":
+        if not Path(settings.sft.out_dir).exists():
+            raise FileNotFoundError(f"train.init_from=sft but {settings.sft.out_dir} does not exist: run `searchr1 sft`")
+        return settings.sft.out_dir
+    return settings.policy.out_dir if init == "base" else init
+
+
+def train(settings: Settings, resume: bool = False) -> dict:
+    """RL (PPO / GRPO / REINFORCE++) with multi-turn search rollouts on DeepSpeed; resumable."""
+    from searchr1.data.qa import load_qa
+    from searchr1.models.loading import load_policy
+    from searchr1.retrieval import load_retriever
+    from searchr1.rl.trainer import RLTrainer
+    from searchr1.rollout.engine import HFEngine
+    from searchr1.rollout.loop import run_rollout
+    from searchr1.rollout.trajectories import save_trajectories
+
+    cfg = settings.train
+    init = _init_policy(settings)
+    items = load_qa(Path(settings.qa.out_dir) / "train.jsonl")
+    # Hold out the last eval_size training questions (never trained on) for periodic validation EM.
+    items, held_out = items[: -cfg.eval_size], items[-cfg.eval_size :]
+    if not items:
+        raise ValueError(f"train.eval_size={cfg.eval_size} leaves no training question")
+    started = time.time()
+    with stage_run(settings.tracking, "train", params={"train": cfg.model_dump(), "rollout": settings.rollout.model_dump(), "reward": settings.reward.model_dump()}, inputs={"init": init}) as run:
+        retriever = load_retriever(settings.retrieval, settings.corpus.out_path)
+        model, tokenizer = load_policy(init, dtype="float32")
+        last: dict = {}
+
+        def rollout_fn(module, requests):
+            # The HF engine generates with the actor module itself (under ZeRO-3 with gathered params).
+            result = run_rollout(
+                HFEngine(module, tokenizer), tokenizer, requests, retriever, settings.rollout, settings.reward,
+                # A fresh seed per step, derived from the step so that --resume replays exactly.
+                topk=settings.retrieval.topk, seed=settings.rollout.seed + 7919 * trainer.step,
+            )
+            for sample, req in zip(result.samples, requests):
+                sample.group_id = str(req["id"])
+            last["samples"] = result.samples
+            return result.samples
+
+        def eval_fn(module) -> dict:
+            result = run_rollout(
+                HFEngine(module, tokenizer), tokenizer, held_out, retriever, settings.rollout, settings.reward,
+                topk=settings.retrieval.topk, greedy=True,
+            )
+            return {"em": result.stats["em"], "searches_per_sample": result.stats["searches_per_sample"]}
+
+        trainer = RLTrainer(settings, model, tokenizer, rollout_fn, items, log_fn=run.log_metrics, eval_fn=eval_fn)
+        history = trainer.train(resume=resume)
+        if last.get("samples"):
+            save_trajectories(REPORTS / "trajectories.jsonl", last["samples"])
+            run.log_artifact(REPORTS / "trajectories.jsonl")
+        final = history[-1] if history else {}
+        summary = {f"final_{k}": v for k, v in final.items()}
+        summary.update(steps=len(history), held_out=len(held_out), init_from=init)
+        # DVC plots need the same keys in every row: periodic validation (eval/*) goes to its own file.
+        steps = [{"step": i + 1, **{k: v for k, v in m.items() if "/" not in k}} for i, m in enumerate(history)]
+        evals = [
+            {"step": i + 1, **{k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("eval/")}}
+            for i, m in enumerate(history)
+            if any(k.startswith("eval/") for k in m)
+        ]
+        write_json(REPORTS / "train_history.json", steps)
+        write_json(REPORTS / "train_validation.json", evals)
+        return _finish(run, "train", summary, started)
+
+
+def policy_dirs(settings: Settings) -> dict[str, str]:
+    """Where each pipeline stage leaves its policy: base model, cold start, RL-trained."""
+    return {"base": settings.policy.out_dir, "sft": settings.sft.out_dir, "policy": settings.train.final_dir}
+
+
+def _model_source(settings: Settings, label: str) -> str | None:
+    """A local folder or ``models:/`` URI for a model label, or None when it does not exist (yet)."""
+    if label == "champion":
+        from searchr1.evaluation.registry import champion_version
+
+        found = settings.tracking.enabled and champion_version(settings.registry.model_name) is not None
+        return f"models:/{settings.registry.model_name}@champion" if found else None
+    path = policy_dirs(settings).get(label, label)
+    return path if Path(path).exists() else None
+
+
+def evaluate(settings: Settings) -> dict:
+    """Score each configured model under each method on the test split; write table, plot, metrics."""
+    from searchr1.data.qa import load_qa
+    from searchr1.evaluation.harness import evaluate_method
+    from searchr1.evaluation.metrics import aggregate
+    from searchr1.evaluation.report import bar_plot, markdown_table
+    from searchr1.models.loading import load_policy
+    from searchr1.retrieval import load_retriever
+    from searchr1.rollout.engine import HFEngine
+    from searchr1.tracking import path_hash
+
+    cfg = settings.evaluation
+    test_path = Path(settings.qa.out_dir) / "test.jsonl"
+    items = load_qa(test_path)[: cfg.max_examples]
+    started = time.time()
+    inputs = {"test": test_path, **{k: v for k, v in policy_dirs(settings).items() if Path(v).exists()}}
+    with stage_run(settings.tracking, "evaluate", params={"evaluation": cfg.model_dump()}, inputs=inputs) as run:
+        retriever = load_retriever(settings.retrieval, settings.corpus.out_path)
+        results: dict[str, dict] = {}
+        missing = []
+        for label in [*cfg.models, "champion"]:
+            source = _model_source(settings, label)
+            if source is None:
+                if label != "champion":
+                    missing.append(label)
+                    log.warning("evaluate: no model for %r (not built yet): skipped", label)
+                continue
+            model, tokenizer = load_policy(source, dtype=settings.policy.dtype)
+            engine = HFEngine(model, tokenizer, max_batch_size=cfg.batch_size)
+            # Predictions are keyed by the model's content, so a retrained model is never scored from stale rows.
+            tag = path_hash(source)[:10] if Path(source).exists() else label
+            for method in cfg.methods:
+                preds = evaluate_method(
+                    engine, tokenizer, retriever, items, method, settings,
+                    Path(cfg.out_dir) / "predictions" / f"{label}-{tag}" / f"{method}.jsonl",
+                    desc=f"{label}/{method}",
+                )
+                results[f"{label}/{method}"] = aggregate(preds, cfg.bootstrap_samples, settings.seed)
+        summary = {
+            "complete": not missing,
+            "num_questions": len(items),
+            "results": results,
+        }
+        write_json(REPORTS / "eval.json", summary)
+        (REPORTS / "eval.md").write_text(markdown_table(results))
+        if results:
+            bar_plot(results, REPORTS / "eval.png")
+        for label, per in results.items():
+            run.log_metrics({f"{label.replace('/', '.')}.{k}": v for k, v in per["average"].items()})
+        for f in ("eval.json", "eval.md", "eval.png"):
+            run.log_artifact(REPORTS / f)
+        log.info("evaluate: done in %.1fs\n%s", time.time() - started, markdown_table(results))
+        return summary
+
+
+def promote(settings: Settings) -> dict:
+    """Register the trained policy; make it champion only if it beats the champion on the same eval."""
+    from searchr1.evaluation.registry import PromotionError, check_evaluation, decision_record, register_and_promote
+    from searchr1.io import read_json
+    from searchr1.tracking import git_commit, path_hash
+
+    cfg = settings.registry
+    evaluation = read_json(REPORTS / "eval.json")
+    key = "search-r1" if "search-r1" in settings.evaluation.methods else settings.evaluation.methods[0]
+    policy = evaluation["results"].get(f"policy/{key}")
+    if policy is None:
+        raise PromotionError(f"{REPORTS / 'eval.json'}: no evaluation of the trained policy ('policy/{key}')")
+    score = check_evaluation({"complete": evaluation.get("complete"), "average": policy["average"]}, cfg.metric)
+    champion = evaluation["results"].get(f"champion/{key}")
+    champion_score = None if champion is None else float(champion["average"][cfg.metric])
+    started = time.time()
+    model_dir = settings.train.final_dir
+    with stage_run(settings.tracking, "promote", params={"registry": cfg.model_dump()}) as run:
+        if run.run_id is None:
+            raise PromotionError("tracking is disabled (tracking.enabled=false): there is no registry to promote to")
+        tags = {
+            "git.commit": git_commit(),
+            "data.corpus": path_hash(settings.corpus.out_path),
+            "data.qa": path_hash(settings.qa.out_dir),
+            "index": path_hash(Path(settings.retrieval.index_dir) / "docstore"),
+            "eval.metric": cfg.metric,
+        }
+        decision = register_and_promote(
+            model_dir, cfg.model_name, score, champion_score, eval_set=path_hash(Path(settings.qa.out_dir) / "test.jsonl"),
+            margin=cfg.margin, run_id=run.run_id, tags=tags,
+        )
+        record = decision_record(decision)
+        run.set_tags({"promoted": decision.promoted, "reason": decision.reason})
+        return _finish(run, "promote", {**record, "promoted": int(decision.promoted)}, started)
+
+
 STAGES = {
     "world": make_world,
     "corpus": prepare_corpus,
     "qa": prepare_qa,
+    "index": build_index,
+    "policy": prepare_policy,
+    "sft": cold_start,
+    "train": train,
+    "evaluate": evaluate,
+    "promote": promote,
 }

@@ -33,10 +33,10 @@ def train_micro_tokenizer(
     """Train a byte-level BPE on corpus + questions and save it as a PreTrainedTokenizerFast.
 
     The Search-R1 tags are added (non-special) single tokens so they survive decoding; <|pad|>,
-    <|bos|>, <|eos|> are special and distinct (padding never hides an end of sequence). Every encoded
-    text starts with <|bos|>. There is no chat template: prompts are used as raw text.
+    <|bos|>, <|eos|> are special and distinct (padding never hides an end of sequence). Nothing is
+    added on encode (the rollout encodes with add_special_tokens=False). No chat template: prompts are raw text.
     """
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
@@ -50,10 +50,6 @@ def train_micro_tokenizer(
     )
     tok.train_from_iterator(_training_texts(corpus_path, qa_paths), trainer=trainer)
     tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in TAGS])
-    bos_id = tok.token_to_id(BOS)
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
-    )
     hf_tok = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, clean_up_tokenization_spaces=False
     )

@@ -16,7 +16,10 @@ from searchr1.retrieval.docstore import DocStore
 STOPWORDS = "en"
 
 
-def _backend() -> str:
+def _backend(n_docs: int) -> str:
+    # numba's JIT costs a few seconds once per process; it pays off only on large corpora.
+    if n_docs < 200_000:
+        return "numpy"
     try:
         import numba  # noqa: F401
 
@@ -57,7 +60,7 @@ class BM25Retriever:
         self.model = bm25s.BM25.load(str(self.dir), mmap=True, show_progress=False)
         self.tokenizer = Tokenizer(stopwords=STOPWORDS)
         self.tokenizer.load_vocab(str(self.dir))
-        self.backend = _backend()
+        self.backend = _backend(len(store))
 
     def scored_ids(self, queries: list[str], topk: int) -> list[list[tuple[int, float]]]:
         """Row numbers and scores per query; queries sharing no term with the corpus get nothing."""

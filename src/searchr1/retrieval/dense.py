@@ -93,10 +93,11 @@ def new_index(cfg: FaissConfig, dim: int, n: int) -> faiss.Index:
         return faiss.IndexHNSWFlat(dim, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
     if dim % cfg.pq_m:
         raise ValueError(f"retrieval.faiss.pq_m={cfg.pq_m} must divide the embedding dim {dim}")
-    # k-means wants >= 39 points per centroid: shrink nlist and PQ codebooks for small corpora.
-    nlist = max(1, min(cfg.ivf_nlist, min(n, cfg.train_sample) // 39))
-    nbits = 8 if min(n, cfg.train_sample) >= 256 * 39 else max(1, int(math.log2(max(2, min(n, cfg.train_sample) // 39))))
-    return faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, nlist, cfg.pq_m, min(nbits, 8), faiss.METRIC_INNER_PRODUCT)
+    # Small corpora: k-means wants >= 39 points per list, and a PQ codebook needs >= 2**nbits points.
+    n_train = min(n, cfg.train_sample)
+    nlist = max(1, min(cfg.ivf_nlist, n_train // 39))
+    nbits = max(1, min(8, int(math.log2(max(2, n_train)))))
+    return faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, nlist, cfg.pq_m, nbits, faiss.METRIC_INNER_PRODUCT)
 
 
 def build_faiss(shard_dir: Path, n_shards: int, cfg: FaissConfig) -> faiss.Index:

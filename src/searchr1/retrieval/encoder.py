@@ -29,8 +29,6 @@ def resolve_encoder_path(name_or_path: str) -> str:
 
 class Encoder:
     def __init__(self, cfg: EncoderConfig, device: str | None = None):
-        if cfg.backend != "torch":
-            raise ValueError(f"retrieval.encoder.backend={cfg.backend!r}: only 'torch' is implemented")
         self.cfg = cfg
         path = resolve_encoder_path(cfg.name_or_path)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")

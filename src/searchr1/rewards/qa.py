@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from searchr1.config import RewardConfig
-from searchr1.prompts import ANSWER_CLOSE, ANSWER_OPEN, INFO_CLOSE, INFO_OPEN
+from searchr1.prompts import ANSWER_CLOSE, ANSWER_OPEN, INFO_CLOSE, INFO_OPEN, INVALID_ACTION_MESSAGE
 
 _ANSWER_RE = re.compile(re.escape(ANSWER_OPEN) + r"(.*?)" + re.escape(ANSWER_CLOSE), re.DOTALL)
 _INFO_RE = re.compile(re.escape(INFO_OPEN) + r"(.*?)" + re.escape(INFO_CLOSE), re.DOTALL)
@@ -53,9 +53,15 @@ def f1_score(prediction: str, golden_answers: Sequence[str]) -> float:
     return best
 
 
+def policy_text(response: str) -> str:
+    """The response without what the environment appended (information blocks, corrective message):
+    the corrective message itself says "<answer> and </answer>", which must never count as an answer."""
+    return _INFO_RE.sub("", response.replace(INVALID_ACTION_MESSAGE, ""))
+
+
 def extract_answer(response: str) -> str | None:
-    """The last ``<answer>…</answer>`` in the response (stripped), or None when there is none."""
-    matches = _ANSWER_RE.findall(response)
+    """The last ``<answer>…</answer>`` the policy wrote in the response (stripped), or None."""
+    matches = _ANSWER_RE.findall(policy_text(response))
     return matches[-1].strip() if matches else None
 
 

@@ -1,0 +1,1 @@
+"""RL training core: PPO / GRPO / REINFORCE++ math, DeepSpeed engines and the trainer (RLTrainer)."""

@@ -10,7 +10,7 @@ class Turn:
     """One policy turn: what it generated, and what the environment appended after it."""
 
     text: str  # decoded generated text of this turn
-    action: str  # "search" | "answer" | "invalid" | "truncated"
+    action: str  # "search" | "answer" | "invalid" | "truncated" | "retrieve" (rag: passages put in the prompt)
     query: str | None = None
     doc_ids: list[str] = field(default_factory=list)
     observation: str = ""  # appended text (information block or corrective message); masked
@@ -37,7 +37,14 @@ class Sample:
     num_searches: int = 0
     num_invalid: int = 0
     truncated: dict[str, int] = field(default_factory=dict)  # counters: prompt/turn/obs/total
+    metrics: dict[str, float] = field(default_factory=dict)  # em / substring_em / f1 of ``answer``
 
     def to_record(self) -> dict:
         """JSON-serialisable trajectory record (for trajectories.jsonl and the viewer)."""
         return asdict(self)
+
+
+@dataclass
+class RolloutResult:
+    samples: list[Sample]
+    stats: dict[str, float]  # batch episode statistics (see rollout.loop.episode_stats)

@@ -1,0 +1,214 @@
+"""Cold-start SFT: a plain PyTorch loop, cross-entropy on the policy's own turns only (retrieved
+passages and the prompt are masked out, as in Search-R1's RL loss)."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from searchr1.io import DataError, atomic_path, iter_jsonl, read_json, write_json, write_jsonl
+from searchr1.models.loading import POLICY_FILE, encode_prompt, load_policy
+from searchr1.retrieval.base import Retriever
+from searchr1.rollout.loop import fit_passages
+from searchr1.rollout.types import Sample
+from searchr1.sft.trajectories import build_sft_examples
+
+LogFn = Callable[[dict, int], None]
+RolloutFn = Callable[[object, object, list[dict]], Sequence[Sample]]  # (model, tokenizer, rows) -> samples
+
+
+def tokenize_example(segments: Sequence[tuple[str, bool]], tokenizer, max_len: int) -> tuple[list[int], list[int]]:
+    """Token ids and a 0/1 loss mask, tokenised segment by segment so the mask is exact and the ids
+    match what the rollout produces (prompt, then each turn and each information block on its own).
+
+    The first segment is the prompt (chat template if any). EOS follows a final trainable turn and
+    is trainable: the policy must learn to stop after </answer>. Sequences are cut at ``max_len``.
+    """
+    (prompt, prompt_trainable), *rest = segments
+    if prompt_trainable:
+        raise ValueError("the first segment is the prompt and must not be trainable")
+    ids = encode_prompt(tokenizer, prompt)
+    mask = [0] * len(ids)
+    for text, trainable in rest:
+        seg = tokenizer(text, add_special_tokens=False).input_ids
+        ids += seg
+        mask += [int(trainable)] * len(seg)
+    if rest and rest[-1][1]:
+        ids.append(tokenizer.eos_token_id)
+        mask.append(1)
+    return ids[:max_len], mask[:max_len]
+
+
+def masked_lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Token-mean next-token cross-entropy over positions whose target has loss_mask == 1."""
+    targets = input_ids[:, 1:]
+    mask = loss_mask[:, 1:].to(logits.dtype)
+    ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), reduction="none")
+    return (ce * mask.flatten()).sum() / mask.sum().clamp(min=1)
+
+
+def collate(batch: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example; padding has attention 0 and loss mask 0."""
+    width = max(len(ids) for ids, _ in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    loss_mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, (ids, mask) in enumerate(batch):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        attention[i, : len(ids)] = 1
+        loss_mask[i, : len(ids)] = torch.tensor(mask)
+    return {"input_ids": input_ids, "attention_mask": attention, "loss_mask": loss_mask}
+
+
+def read_train_rows(path: str | Path) -> list[dict]:
+    """Training questions; a row without id/question/golden_answers is an error naming file:line."""
+    rows = []
+    for lineno, row in iter_jsonl(path):
+        for key in ("id", "question", "golden_answers"):
+            if not row.get(key):
+                raise DataError(f"{path}:{lineno}: missing or empty field {key!r}")
+        rows.append(row)
+    return rows
+
+
+def _schedule(step: int, total: int, warmup: int) -> float:
+    """Linear warmup, then cosine decay to 10% of the peak learning rate."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _length_grouped_batches(lengths: list[int], batch_size: int, gen: torch.Generator) -> list[list[int]]:
+    """Shuffled batches of similar lengths (less padding, hence faster on CPU), in random order."""
+    order = torch.randperm(len(lengths), generator=gen).tolist()
+    chunk = batch_size * 32
+    batches = []
+    for start in range(0, len(order), chunk):
+        group = sorted(order[start : start + chunk], key=lengths.__getitem__)
+        batches += [group[i : i + batch_size] for i in range(0, len(group), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+
+
+def train_on_examples(
+    model, tokenizer, tokenized: list[tuple[list[int], list[int]]], cfg, seed: int, log_fn: LogFn | None = None
+) -> dict:
+    """Train ``model`` in place on tokenised examples (``cfg`` is SFTConfig); returns metrics."""
+    device = next(model.parameters()).device
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    batches_per_epoch = math.ceil(len(tokenized) / cfg.batch_size)
+    total = cfg.epochs * batches_per_epoch
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.95),
+    )
+    warmup = int(cfg.warmup_ratio * total)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, total, warmup))
+    model.train()
+    losses, tokens, start = [], 0, time.perf_counter()
+    bar = tqdm(total=total, desc="sft", unit="step")
+    step = 0
+    for _ in range(cfg.epochs):
+        for indices in _length_grouped_batches([len(ids) for ids, _ in tokenized], cfg.batch_size, gen):
+            batch = collate([tokenized[i] for i in indices], tokenizer.pad_token_id)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            loss = masked_lm_loss(logits, batch["input_ids"], batch["loss_mask"])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm).item()
+            opt.step()
+            sched.step()
+            tokens += int(batch["attention_mask"].sum())
+            losses.append(loss.item())
+            elapsed = time.perf_counter() - start
+            row = {"sft/loss": losses[-1], "sft/lr": sched.get_last_lr()[0], "sft/grad_norm": grad_norm,
+                   "sft/tokens_per_s": tokens / elapsed}
+            if log_fn is not None:
+                log_fn(row, step)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", tok_s=f"{row['sft/tokens_per_s']:.0f}")
+            bar.update()
+            step += 1
+    bar.close()
+    model.eval()
+    elapsed = time.perf_counter() - start
+    return {"loss_curve": losses, "steps": step, "tokens": tokens, "train_time_s": elapsed,
+            "tokens_per_s": tokens / max(elapsed, 1e-9),
+            "first_loss": losses[0] if losses else float("nan"), "final_loss": losses[-1] if losses else float("nan")}
+
+
+def run_sft(
+    settings, base_dir: str | Path, qa_train_path: str | Path, retriever: Retriever | None, out_dir: str | Path,
+    log_fn: LogFn | None = None, rollout_fn: RolloutFn | None = None,
+) -> dict:
+    """Cold start: fine-tune the base policy on search trajectories for the training questions and
+    save model + tokenizer (+ policy.json, a sample of the examples) atomically to ``out_dir``.
+
+    ``sft.source=gold``: trajectories written from gold queries with real retrieval (needs
+    ``retriever``). ``sft.source=rejection``: ``rollout_fn(model, tokenizer, rows)`` samples from the
+    base policy and only finished, correct samples (reward >= 1) are kept, token ids and masks as sampled.
+    """
+    cfg = settings.sft
+    rows = read_train_rows(qa_train_path)
+    random.Random(settings.seed).shuffle(rows)
+    rows = rows[: cfg.num_examples] if cfg.num_examples else rows
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, tokenizer = load_policy(str(base_dir), device=device)  # fp32 master weights for AdamW
+    max_len = min(cfg.max_length, getattr(model.config, "max_position_embeddings", cfg.max_length))
+    if cfg.source == "gold":
+        if retriever is None:
+            raise ValueError("sft.source=gold needs a retriever")
+        rollout = settings.rollout
+
+        def observe(docs):  # the rollout's own rendering and truncation of retrieved passages
+            return fit_passages(tokenizer, docs, rollout.max_obs_tokens)[0]
+
+        records = build_sft_examples(
+            rows, retriever, settings.retrieval.topk, cfg, seed=settings.seed, template=rollout.template, observe=observe
+        )
+        tokenized = [tokenize_example(ex["segments"], tokenizer, max_len) for ex in records]
+    else:
+        if rollout_fn is None:
+            raise ValueError("sft.source=rejection needs a rollout_fn to sample trajectories from the base policy")
+        samples = [s for s in rollout_fn(model, tokenizer, rows) if s.finished and s.reward >= 1.0]
+        records = [s.to_record() for s in samples]
+        tokenized = [
+            ((s.prompt_ids + s.response_ids)[:max_len], ([0] * len(s.prompt_ids) + list(s.response_mask))[:max_len])
+            for s in samples
+        ]
+    if not records:
+        raise DataError(f"{qa_train_path}: no usable SFT example from sft.source={cfg.source}")
+
+    model.config.use_cache = False
+    metrics = train_on_examples(model, tokenizer, tokenized, cfg, settings.seed, log_fn)
+    model.config.use_cache = True
+    metrics.update(
+        questions=len(rows),
+        examples=len(records),
+        coverage=len(records) / len(rows),
+        searches_per_example=sum(r["num_searches"] for r in records) / len(records),
+        re_searched=sum(r.get("re_searched", False) for r in records),
+        skipped_hop=sum(r.get("skipped_hop", False) for r in records),
+        truncated=sum(len(ids) == max_len for ids, _ in tokenized),
+        trainable_tokens=sum(sum(mask) for _, mask in tokenized),
+    )
+
+    base_info = read_json(Path(base_dir) / POLICY_FILE) if (Path(base_dir) / POLICY_FILE).exists() else {}
+    with atomic_path(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / POLICY_FILE, {**base_info, "source": f"sft ({cfg.source}) from {base_dir}", "sft_examples": len(records)})
+        write_jsonl(tmp / "sft_examples.sample.jsonl", records[:100])
+    return metrics

@@ -1,0 +1,151 @@
+"""Cold-start data: Search-R1 trajectories written from training questions, with real retrieval.
+
+Each example is a list of segments ``(text, trainable)``: the prompt and the information blocks are
+context (not trainable); the policy's turns (think + search/answer) are what it learns to write.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable, Sequence
+
+from tqdm import tqdm
+
+from searchr1.prompts import information_block, make_prompt
+from searchr1.retrieval.base import Doc, Retriever
+
+Segment = tuple[str, bool]
+
+FIRST_SEARCH = (
+    "<think> I need to find {q}. </think>\n<search> {q} </search>",
+    "<think> To answer this, I should search for {q}. </think>\n<search> {q} </search>",
+)
+NEXT_SEARCH = (
+    "<think> Now I need to find {q}. </think>\n<search> {q} </search>",
+    "<think> Next, I should search for {q}. </think>\n<search> {q} </search>",
+)
+RE_SEARCH = "<think> The information does not contain what I need. I should search again for {q}. </think>\n<search> {q} </search>"
+ANSWER = "<think> The information shows that the answer is {a}. </think>\n<answer> {a} </answer>"
+
+
+def _norm(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def mentions(text: str, answers: Sequence[str]) -> bool:
+    """Whether ``text`` mentions any gold answer (case and punctuation insensitive)."""
+    text = f" {_norm(text)} "
+    return any(f" {_norm(a)} " in text for a in answers if _norm(a))
+
+
+def contains_answer(docs: Sequence[Doc], answers: Sequence[str]) -> bool:
+    """Whether any passage mentions any gold answer."""
+    return mentions(" ".join(d.contents for d in docs), answers)
+
+
+def _full_information(docs: Sequence[Doc]) -> str:
+    return information_block([d.contents for d in docs])
+
+
+def perturb_query(query: str, rng: random.Random) -> str | None:
+    """An imperfect query: drop a random word, drop the first word (e.g. a first name), or keep the first half."""
+    words = query.split()
+    if len(words) < 2:
+        return None
+    kind = rng.randrange(3)
+    if kind == 0:
+        del words[rng.randrange(len(words))]
+    elif kind == 1:
+        words = words[1:]
+    else:
+        words = words[: len(words) // 2]
+    noisy = " ".join(words)
+    return noisy if noisy and noisy != query else None
+
+
+def _queries(row: dict) -> list[str]:
+    gold = [q.strip() for q in (row.get("metadata") or {}).get("gold_queries") or [] if q and q.strip()]
+    return gold or [row["question"].strip()]
+
+
+def _search_all(retriever: Retriever, queries: list[str], topk: int, batch_size: int = 256) -> dict[str, list[Doc]]:
+    """Retrieve every distinct query once, in batches (the encoder is the cost)."""
+    unique = list(dict.fromkeys(queries))
+    results: dict[str, list[Doc]] = {}
+    for start in tqdm(range(0, len(unique), batch_size), desc="sft retrieval", unit="batch", leave=False):
+        chunk = unique[start : start + batch_size]
+        results.update(zip(chunk, retriever.search(chunk, topk)))
+    return results
+
+
+def build_sft_examples(
+    qa_rows: Sequence[dict],
+    retriever: Retriever,
+    topk: int,
+    cfg,
+    seed: int = 0,
+    template: str = "search_r1",
+    observe: Callable[[Sequence[Doc]], str] = _full_information,
+) -> list[dict]:
+    """Search-R1 trajectories for training questions (``cfg`` is SFTConfig).
+
+    Hops follow ``metadata.gold_queries`` (the question itself when absent). With probability
+    ``cfg.query_noise`` the first query is imperfect; if its passages miss the needed fact (the gold
+    query's top passage, or the answer on the last hop) the trajectory re-searches with the gold
+    query. With probability ``cfg.skip_hop`` a multi-hop trajectory answers right after a search whose
+    passages already contain the answer. Questions whose final passages lack the answer are dropped:
+    the cold start must never teach answering without evidence.
+
+    ``template`` is the instruction and ``observe(docs)`` renders an information block: pass the
+    rollout's own (``rollout.template``, passages fitted to ``rollout.max_obs_tokens``) so that the
+    cold start trains on exactly the text the policy will see when it acts.
+    """
+    rng = random.Random(seed)
+    plans = []
+    for row in qa_rows:
+        queries = _queries(row)
+        noisy = perturb_query(queries[0], rng) if rng.random() < cfg.query_noise else None
+        plans.append((row, queries, noisy, rng.random() < cfg.skip_hop))
+    all_queries = [q for _, qs, noisy, _ in plans for q in ([noisy] if noisy else []) + qs]
+    results = _search_all(retriever, all_queries, topk)
+
+    examples = []
+    for row, queries, noisy, skip in plans:
+        answers = [str(a) for a in row["golden_answers"]]
+        segments: list[Segment] = [(make_prompt(row["question"], template), False)]
+        searches, re_searched, skipped = 0, False, False
+        docs: list[Doc] = []
+        for hop, query in enumerate(queries):
+            last = hop == len(queries) - 1
+            turn = rng.choice(FIRST_SEARCH if hop == 0 else NEXT_SEARCH)
+            if hop == 0 and noisy:
+                docs = results[noisy]
+                segments += [(turn.format(q=noisy), True), (observe(docs), False)]
+                searches += 1
+                gold_top = {d.id for d in results[query][:1]}
+                if (contains_answer(docs, answers) if last else bool(gold_top & {d.id for d in docs})):
+                    continue  # the imperfect query happened to work: go on from its passages
+                turn, re_searched = RE_SEARCH, True
+            docs = results[query]
+            segments += [(turn.format(q=query), True), (observe(docs), False)]
+            searches += 1
+            if not last and skip and mentions(segments[-1][0], answers):
+                skipped = True
+                break
+        if not mentions(segments[-1][0], answers):  # as shown: a truncated passage may have lost it
+            continue
+        segments.append((ANSWER.format(a=answers[0]), True))
+        examples.append(
+            {
+                "id": row["id"],
+                "question": row["question"],
+                "golden_answers": answers,
+                "segments": segments,
+                "num_searches": searches,
+                "noisy_query": noisy is not None,
+                "re_searched": re_searched,
+                "skipped_hop": skipped,
+            }
+        )
+    return examples

@@ -1,0 +1,139 @@
+"""Policy models: the micro tokenizer/model, base-policy preparation, loading, SmolLM2 conversion."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from searchr1.config import PolicyConfig
+from searchr1.io import read_json
+from searchr1.models.loading import encode_prompt, fix_tokenizer, load_policy, prepare_base_policy
+from searchr1.models.micro import build_micro_policy, count_params, train_micro_tokenizer
+from searchr1.prompts import TAGS, information_block, make_prompt
+
+NAMES = ["Zorbak Quellin", "Maritsa Velmor", "Dunkar Solath", "Ulpy Grovenka", "Tesri Athmora"]
+CITIES = ["Velmora", "Kastrin", "Obbledale", "Quenport", "Harrowmint"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    corpus, qa = root / "corpus.jsonl", root / "train.jsonl"
+    with open(corpus, "w") as fc, open(qa, "w") as fq:
+        for i in range(300):
+            name, city = f"{NAMES[i % 5]} {i}", CITIES[(i * 7) % 5]
+            text = f'"{name}"\n{name} was born in {city} in {1800 + i}. {name} founded the {city} Society of Engineers.'
+            fc.write(json.dumps({"id": str(i), "contents": text}) + "\n")
+            fq.write(json.dumps({"id": f"q{i}", "question": f"Where was {name} born?", "golden_answers": [city],
+                                 "metadata": {"gold_queries": [f"{name} birthplace"], "type": "single"}}) + "\n")
+    return corpus, qa
+
+
+@pytest.fixture(scope="module")
+def micro_tokenizer(world, tmp_path_factory):
+    corpus, qa = world
+    return train_micro_tokenizer(corpus, [qa], 512, tmp_path_factory.mktemp("tok"))
+
+
+def test_micro_tokenizer_keeps_tags_as_single_ids(micro_tokenizer):
+    for tag in TAGS:
+        ids = micro_tokenizer(f"x {tag} y", add_special_tokens=False).input_ids
+        assert micro_tokenizer.convert_tokens_to_ids(tag) in ids, tag
+        assert micro_tokenizer.decode([micro_tokenizer.convert_tokens_to_ids(tag)]) == tag
+
+
+def test_micro_tokenizer_round_trips_text_exactly(micro_tokenizer):
+    text = (
+        make_prompt("Where was Zorbak Quellin 7 born")
+        + "<think> I need to find it. </think>\n<search> Zorbak Quellin 7 birthplace </search>"
+        + information_block(['"Zorbak Quellin 7"\nZorbak Quellin 7 was born in Velmora — ünïcode 日本.'])
+        + "<think>  two  spaces\tand tab </think>\n<answer> Velmora </answer>"
+    )
+    ids = micro_tokenizer(text).input_ids
+    assert micro_tokenizer.decode(ids) == text
+
+
+def test_micro_tokenizer_special_tokens_distinct_and_no_chat_template(micro_tokenizer):
+    tok = micro_tokenizer
+    assert len({tok.pad_token_id, tok.bos_token_id, tok.eos_token_id}) == 3
+    assert tok.chat_template is None
+    assert len(tok) == 512
+    # Without a chat template the prompt is the raw text, nothing added (as the rollout encodes it).
+    assert encode_prompt(tok, "Question: a?") == tok("Question: a?").input_ids
+    assert tok.bos_token_id not in tok("Question: a?").input_ids
+
+
+def test_micro_policy_size_and_forward(micro_tokenizer):
+    cfg = PolicyConfig()  # defaults: hidden 256, 4 layers, 4 heads
+    torch.manual_seed(0)
+    model = build_micro_policy(cfg, micro_tokenizer)
+    n = count_params(model)
+    assert 2_000_000 < n < 6_000_000, n
+    assert model.config.tie_word_embeddings and model.lm_head.weight is model.model.embed_tokens.weight
+    ids = torch.tensor([micro_tokenizer("Where was Zorbak born?").input_ids])
+    logits = model(ids).logits
+    assert logits.shape == (1, ids.shape[1], len(micro_tokenizer))
+    assert torch.isfinite(logits).all()
+
+
+def test_micro_policy_rejects_indivisible_heads(micro_tokenizer):
+    with pytest.raises(ValueError, match="micro_heads"):
+        build_micro_policy(PolicyConfig(micro_hidden_size=250, micro_heads=4), micro_tokenizer)
+
+
+@pytest.mark.parametrize("kind", ["micro", "tiny"])
+def test_prepare_then_load_round_trip(world, tmp_path, kind):
+    corpus, qa = world
+    cfg = PolicyConfig(kind=kind, micro_hidden_size=64, micro_layers=2, micro_vocab_size=512)
+    out = prepare_base_policy(cfg, corpus, [qa], tmp_path / "base", seed=1)
+    info = read_json(out / "policy.json")
+    assert info["kind"] == kind and info["vocab_size"] == 512 and info["params"] > 0
+    assert info["pad_token_id"] != info["eos_token_id"]
+    assert not list(tmp_path.glob(".base*")), "temporary folders left behind"
+
+    model, tok = load_policy(str(out))
+    assert not model.training and tok.padding_side == "left"
+    assert count_params(model) == info["params"]
+    ids = torch.tensor([tok("Where was Zorbak born?").input_ids])
+    again, _ = load_policy(str(out))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, again(ids).logits)
+    # The hf kind copies any saved checkpoint (here: the one just written) to a new folder.
+    copy = prepare_base_policy(PolicyConfig(kind="hf", name_or_path=str(out)), corpus, [qa], tmp_path / "copy")
+    assert read_json(copy / "policy.json")["params"] == info["params"]
+
+
+def test_load_policy_missing_model_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a local folder"):
+        load_policy("no-such-org/no-such-model-xyz")
+    with pytest.raises(ValueError, match="name_or_path"):
+        prepare_base_policy(PolicyConfig(kind="hf"), tmp_path / "c.jsonl", [], tmp_path / "out")
+
+
+def test_fix_tokenizer_sets_pad_and_left_padding(micro_tokenizer):
+    import copy
+
+    tok = copy.deepcopy(micro_tokenizer)
+    tok.pad_token = None
+    fix_tokenizer(tok)
+    assert tok.pad_token == tok.eos_token and tok.padding_side == "left"
+
+
+@pytest.mark.slow
+def test_smollm2_conversion_drops_quantizer_and_keeps_logits(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from searchr1.models.smollm2 import GGUF_FILE, convert_smollm2, smollm2_dir
+
+    out = convert_smollm2(tmp_path / "smol")
+    assert "quantization_config" not in json.loads((out / "config.json").read_text())
+    model, tok = load_policy(str(out))
+    assert getattr(model, "hf_quantizer", None) is None
+    assert tok.chat_template and tok.pad_token is not None and tok.padding_side == "left"
+    assert 130e6 < count_params(model) < 140e6
+    gguf = AutoModelForCausalLM.from_pretrained(smollm2_dir(), gguf_file=GGUF_FILE, dtype=torch.float32)
+    ids = torch.tensor([tok("The capital of France is").input_ids])
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, gguf(ids).logits)

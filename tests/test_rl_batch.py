@@ -1,0 +1,101 @@
+"""Collation puts every response tensor on the positions that predict it; masked tokens get no gradient."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+
+from searchr1.models.tiny import build_tiny_policy
+from searchr1.rl.batch import collate, forward_logprobs, hidden_or_logits, logprobs_of
+from searchr1.rl.core import clipped_policy_loss, kl_penalty, masked_mean, value_loss
+from searchr1.rl.critic import build_critic
+from searchr1.rollout.types import Sample
+
+
+def _sample(uid, prompt, response, mask, reward=1.0, group="g"):
+    return Sample(uid=uid, group_id=group, question="", golden_answers=[], prompt_ids=prompt,
+                  response_ids=response, response_mask=mask, reward=reward)
+
+
+SAMPLES = [
+    _sample("a", [5, 6, 7], [10, 11, 12, 13, 14], [1, 0, 0, 1, 0], reward=1.0),  # ends on an observation
+    _sample("b", [8], [20, 21], [1, 1], reward=0.5),
+]
+
+
+def test_collate_left_pads_prompts_right_pads_responses_and_places_reward_on_last_generated():
+    b = collate(SAMPLES)
+    assert b.prompt_len == 3
+    assert b["input_ids"].tolist() == [[5, 6, 7, 10, 11, 12, 13, 14], [0, 0, 8, 20, 21, 0, 0, 0]]
+    assert b["attention_mask"].tolist() == [[1] * 8, [0, 0, 1, 1, 1, 0, 0, 0]]
+    assert b["position_ids"][1, 2:5].tolist() == [0, 1, 2]
+    assert b["generated_mask"].tolist() == [[1, 0, 0, 1, 0], [1, 1, 0, 0, 0]]
+    assert b["loss_mask"].tolist() == b["generated_mask"].tolist()
+    assert b["valid_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]
+    assert b["token_rewards"].tolist() == [[0, 0, 0, 1.0, 0], [0, 0.5, 0, 0, 0]]
+    assert b.group_ids == ["g", "g"]
+
+
+def test_collate_mask_retrieved_false_trains_on_every_response_token():
+    b = collate(SAMPLES, mask_retrieved=False)
+    assert b["loss_mask"].tolist() == b["valid_mask"].tolist()
+    assert b["token_rewards"][0].tolist() == [0, 0, 0, 1.0, 0]  # reward still on the last generated token
+
+
+def test_logprobs_of_padded_batch_equal_unpadded_per_sample_scores():
+    model = build_tiny_policy(32, seed=0, hidden_size=32, layers=2)
+    b = collate(SAMPLES)
+    logp, ent = logprobs_of(model, b, micro_batch_size=1)
+    for i, s in enumerate(SAMPLES):
+        ids = torch.tensor([s.prompt_ids + s.response_ids])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0]
+        p = len(s.prompt_ids)
+        ref = torch.log_softmax(logits[p - 1 : -1], -1).gather(-1, ids[0, p:, None]).squeeze(-1)
+        torch.testing.assert_close(logp[i, : len(s.response_ids)], ref, atol=1e-5, rtol=0)
+    assert (ent[b["valid_mask"].bool()] > 0).all()
+
+
+class _LogitsAsParameter(nn.Module):
+    """A 'model' whose logits are a leaf parameter, to read the loss gradient per position."""
+
+    def __init__(self, batch_size, length, vocab):
+        super().__init__()
+        self.logits = nn.Parameter(torch.randn(batch_size, length, vocab))
+
+    def forward(self, **_):
+        return SimpleNamespace(logits=self.logits)
+
+
+def test_full_policy_loss_gradient_is_exactly_zero_on_masked_positions():
+    b = collate(SAMPLES)
+    torch.manual_seed(0)
+    model = _LogitsAsParameter(2, 8, 32)
+    logp, ent = forward_logprobs(model, b)
+    mask = b["loss_mask"]
+    old, ref = logp.detach() + 0.1 * torch.randn_like(logp), logp.detach() - 0.3
+    adv = torch.randn_like(logp)
+    pg, _, _ = clipped_policy_loss(logp, old, adv, mask, 0.2)
+    loss = pg - 0.01 * masked_mean(ent, mask) + 0.1 * masked_mean(kl_penalty(logp, ref, "low_var_kl"), mask)
+    loss.backward()
+    grad = model.logits.grad.abs().sum(-1)  # [B, T]: position P-1+t predicts response token t
+    predicts = grad[:, b.prompt_len - 1 : -1]
+    assert torch.all(predicts[mask == 0] == 0)
+    assert torch.all(predicts[mask == 1] > 0)
+    assert torch.all(grad[:, : b.prompt_len - 1] == 0) and torch.all(grad[:, -1] == 0)
+
+
+def test_value_loss_gradient_is_exactly_zero_on_masked_positions():
+    b = collate(SAMPLES)
+    critic = build_critic(build_tiny_policy(32, seed=0, hidden_size=32, layers=1))
+    torch.nn.init.normal_(critic.value_head.weight)  # the zero-init head would hide the backbone's gradient
+    hidden = {}
+    critic.value_head.register_forward_hook(lambda m, i, o: hidden.__setitem__("h", i[0].retain_grad() or i[0]))
+    values = hidden_or_logits(critic, b)
+    loss, _ = value_loss(values, torch.zeros_like(values), torch.ones_like(values), b["generated_mask"], 100.0)
+    loss.backward()
+    g = hidden["h"].grad.abs().sum(-1)[:, b.prompt_len - 1 : -1]
+    assert torch.all(g[b["generated_mask"] == 0] == 0)
+    assert torch.all(g[b["generated_mask"] == 1] > 0)

@@ -1,0 +1,30 @@
+"""DeepSpeed configs built from DeepSpeedConfig: stages, offload, bf16 auto."""
+
+from __future__ import annotations
+
+import torch
+
+from searchr1.config import DeepSpeedConfig
+from searchr1.rl.engine import ds_config, use_bf16
+
+
+def test_bf16_auto_only_with_cuda_bf16_support():
+    expected = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    assert use_bf16(DeepSpeedConfig(bf16="auto")) is expected
+    assert use_bf16(DeepSpeedConfig(bf16=False)) is False
+
+
+def test_ds_config_stages_offload_and_accumulation():
+    cfg = DeepSpeedConfig(zero_stage=3, offload_optimizer=True, offload_param=True, gradient_accumulation_steps=4,
+                          max_grad_norm=0.5)
+    train = ds_config(cfg, micro_batch_size=2)
+    assert train["train_batch_size"] == 8 and train["gradient_accumulation_steps"] == 4
+    assert train["gradient_clipping"] == 0.5
+    assert train["zero_optimization"]["stage"] == 3
+    assert train["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert train["zero_optimization"]["offload_param"]["device"] == "cpu"
+    ref = ds_config(cfg, micro_batch_size=1, train=False)
+    assert ref["zero_optimization"]["stage"] == 3 and "offload_optimizer" not in ref["zero_optimization"]
+    # Reference models outside ZeRO-3 are not sharded; offload_param only exists for stage 3.
+    two = ds_config(DeepSpeedConfig(zero_stage=2, offload_param=True), 1, train=False)
+    assert two["zero_optimization"] == {"stage": 0}

@@ -1,0 +1,134 @@
+"""HFEngine on a tiny random Llama with SmolLM2's real tokenizer: left padding, stop strings, EOS, log-probs."""
+
+import pytest
+import torch
+
+from searchr1.config import RolloutConfig
+from searchr1.models.tiny import build_tiny_policy
+from searchr1.rollout.engine import GenerationEngine, HFEngine, SamplingSettings, cut_at_stop
+from searchr1.rollout.loop import run_rollout
+
+
+@pytest.fixture(scope="module")
+def smol(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    cache = tmp_path_factory.getbasetemp() / "smollm2_tokenizer"
+    if not cache.exists():
+        from searchr1.models.smollm2 import load_smollm2_tokenizer
+
+        load_smollm2_tokenizer().save_pretrained(cache)
+    return AutoTokenizer.from_pretrained(cache)
+
+
+@pytest.fixture(scope="module")
+def model(smol):
+    return build_tiny_policy(len(smol), seed=0)
+
+
+def prompts(tok):
+    texts = ["Who founded Quilltown, the capital of Zorbland?", "Hi", "Where is Ostara"]
+    return [tok.encode(t, add_special_tokens=False) for t in texts]
+
+
+def recomputed_logprobs(model, prompt, out, temperature=1.0):
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + out])).logits[0, len(prompt) - 1 : -1].float() / temperature
+    return torch.log_softmax(logits, -1).gather(-1, torch.tensor(out)[:, None])[:, 0]
+
+
+def test_left_padded_batch_logprobs_match_a_fresh_forward_pass(smol, model):
+    engine = HFEngine(model, smol)
+    assert isinstance(engine, GenerationEngine)
+    ps = prompts(smol)
+    gens = engine.generate(ps, 12, SamplingSettings(temperature=0.7, seed=3), stop=[])
+    assert [g.finish_reason for g in gens] == ["length"] * 3 and all(len(g.token_ids) == 12 for g in gens)
+    for p, g in zip(ps, gens):  # rows of different lengths: padding must not leak into any row
+        ref = recomputed_logprobs(model, p, g.token_ids, temperature=0.7)
+        assert torch.allclose(torch.tensor(g.logprobs), ref, atol=1e-4)
+    # seeded sampling is reproducible, and a different seed samples differently
+    again = engine.generate(ps, 12, SamplingSettings(temperature=0.7, seed=3), stop=[])
+    other = engine.generate(ps, 12, SamplingSettings(temperature=0.7, seed=4), stop=[])
+    assert [g.token_ids for g in again] == [g.token_ids for g in gens]
+    assert [g.token_ids for g in other] != [g.token_ids for g in gens]
+
+
+def test_generation_stops_right_after_the_stop_string(smol, model):
+    engine = HFEngine(model, smol)
+    ps, sampling = prompts(smol), SamplingSettings(temperature=1.0, seed=5)
+    free = engine.generate(ps, 20, sampling, stop=[])[0].token_ids
+    # Use text the model really samples (tokens 6..8 of row 0) as the stop string; same seed, same draws.
+    stop_text = smol.decode(free[6:9])
+    k = next(k for k in range(1, 21) if stop_text in smol.decode(free[:k]))
+    gens = engine.generate(ps, 20, sampling, stop=[stop_text])
+    assert gens[0].finish_reason == "stop" and gens[0].token_ids == free[:k] and k < 20
+    assert stop_text not in smol.decode(free[: k - 1])  # not one token later than needed
+    assert len(gens[1].token_ids) == 20 or gens[1].finish_reason == "stop"  # other rows unaffected
+
+
+def test_eos_ends_generation_and_is_kept(smol):
+    model = build_tiny_policy(len(smol), seed=0)
+    p = prompts(smol)[:1]
+    free = HFEngine(model, smol).generate(p, 20, SamplingSettings(greedy=True), stop=[])[0].token_ids
+    eos_tok = free[4]
+    model.generation_config.eos_token_id = eos_tok  # the model's 5th greedy token now ends the sequence
+    g = HFEngine(model, smol).generate(p, 20, SamplingSettings(greedy=True), stop=["</search>"])[0]
+    first = free.index(eos_tok)
+    assert g.finish_reason == "eos" and g.token_ids == free[: first + 1] and g.token_ids[-1] == eos_tok
+
+
+def test_cut_at_stop_prefers_first_event():
+    class Chars:  # a trivial tokenizer: one id per character
+        def decode(self, ids, skip_special_tokens=False):
+            return "".join(chr(i) for i in ids if i)
+
+    ids = [ord(c) for c in "ab</s>cd"]
+    assert cut_at_stop(ids, Chars(), ["</s>"], {0}) == (6, "stop")
+    assert cut_at_stop(ids[:3] + [0] + ids[3:], Chars(), ["</s>"], {0}) == (4, "eos")
+    assert cut_at_stop(ids, Chars(), ["zz"], {0}) == (8, "length")
+
+
+def test_rollout_with_real_engine_trains_only_on_sampled_tokens(smol, model):
+    """End to end: recomputing log-probs over prompt+response reproduces the engine's at every mask-1
+    position, so ids, order and mask are aligned; observation positions carry 0.0."""
+    engine = HFEngine(model, smol)
+    cfg = RolloutConfig(max_turns=1, max_turn_tokens=6, temperature=1.0, seed=1, retrieval_backoff_s=0)
+    items = [{"id": "a", "question": "Where is Ostara", "golden_answers": ["x"]},
+             {"id": "b", "question": "Who founded Quilltown", "golden_answers": ["y"]}]
+
+    class NoRetriever:
+        def search(self, queries, topk):
+            raise AssertionError("a random model never closes a search tag")
+
+    res = run_rollout(engine, smol, items, NoRetriever(), cfg, num_generations=2)
+    for s in res.samples:
+        assert len(s.response_ids) == len(s.response_mask) == len(s.logprobs)
+        assert len(s.turns) == 2 and sum(s.response_mask) == 12  # two turns of 6 sampled tokens
+        assert 0 in s.response_mask  # the invalid-action message was appended between the two turns
+        full = s.prompt_ids + s.response_ids
+        with torch.no_grad():
+            logits = model(torch.tensor([full])).logits[0, len(s.prompt_ids) - 1 : -1].float()
+        ref = torch.log_softmax(logits, -1).gather(-1, torch.tensor(s.response_ids)[:, None])[:, 0]
+        on = torch.tensor(s.response_mask, dtype=torch.bool)
+        assert torch.allclose(torch.tensor(s.logprobs)[on], ref[on], atol=1e-4)
+        assert all(lp == 0.0 for lp, m in zip(s.logprobs, s.response_mask) if m == 0)
+    assert res.stats["generated_tokens"] == 4 * 2 * 6
+
+
+def test_update_weights_loads_new_policy(smol):
+    a, b = build_tiny_policy(len(smol), seed=0), build_tiny_policy(len(smol), seed=1)
+    engine, sampling, p = HFEngine(a, smol), SamplingSettings(seed=2), prompts(smol)[:1]
+    before = engine.generate(p, 8, sampling, [])[0]
+    engine.update_weights(b.state_dict())
+    after = engine.generate(p, 8, sampling, [])[0]
+    assert after == HFEngine(b, smol).generate(p, 8, sampling, [])[0]
+    assert after.logprobs != before.logprobs
+
+
+def test_vllm_sampling_params_mapping():
+    pytest.importorskip("vllm")
+    from searchr1.rollout.vllm_engine import sampling_params
+
+    sp = sampling_params(SamplingSettings(temperature=0.8, top_p=0.9, top_k=0, seed=7), 64, ["</search>"])
+    assert sp.include_stop_str_in_output and sp.stop == ["</search>"] and sp.logprobs == 0 and sp.seed == 7
+    assert sp.max_tokens == 64 and sp.temperature == 0.8

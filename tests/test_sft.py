@@ -1,0 +1,231 @@
+"""Cold start: trajectories from training questions, exact loss masks, and a short real SFT run."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from searchr1.config import PolicyConfig, Settings, SFTConfig
+from searchr1.io import DataError
+from searchr1.models.loading import load_policy, prepare_base_policy
+from searchr1.models.micro import train_micro_tokenizer
+from searchr1.models.tiny import build_tiny_policy
+from searchr1.prompts import INFO_OPEN
+from searchr1.retrieval.base import Doc
+from searchr1.sft.train import masked_lm_loss, read_train_rows, run_sft, tokenize_example
+from searchr1.sft.trajectories import build_sft_examples, contains_answer, perturb_query
+
+FIRST = ["Zorbak", "Maritsa", "Dunkar", "Ulpy", "Tesri", "Orvane", "Kelmit", "Sabra"]
+LAST = ["Quellin", "Velmor", "Solath", "Grovenka", "Athmora", "Brindle", "Cortesz"]
+CITIES = ["Velmora", "Kastrin", "Obbledale", "Quenport", "Harrowmint", "Dravik"]
+FOUNDERS = ["Ilsa Marrow", "Petrak Vonn", "Odile Saretz", "Humbert Kael", "Yelva Droon", "Castor Pim"]
+
+
+class KeywordRetriever:
+    """Ranks passages by how many distinct query words they contain (title words count double)."""
+
+    def __init__(self, docs: list[Doc]):
+        self.docs = docs
+
+    @staticmethod
+    def _words(text: str) -> set[str]:
+        return set(re.findall(r"\w+", text.lower()))
+
+    def search(self, queries: list[str], topk: int) -> list[list[Doc]]:
+        out = []
+        for q in queries:
+            words = self._words(q)
+            scored = [(len(words & self._words(d.contents)) + len(words & self._words(d.title)), d) for d in self.docs]
+            scored = [(s, d) for s, d in scored if s > 0]
+            scored.sort(key=lambda sd: (-sd[0], sd[1].id))
+            out.append([Doc(d.id, d.contents, float(s)) for s, d in scored[:topk]])
+        return out
+
+
+def make_world(n_people: int = 40):
+    """People born in cities; cities founded by people. Two-hop: who founded X's birthplace?"""
+    docs = [Doc(f"c{i}", f'"{c}"\n{c} is a city founded by {FOUNDERS[i]}.') for i, c in enumerate(CITIES)]
+    train, test = [], []
+    for i in range(n_people):
+        name = f"{FIRST[i % len(FIRST)]} {LAST[i % len(LAST)]}"
+        city = (i * 5) % len(CITIES)
+        docs.append(Doc(f"p{i}", f'"{name}"\n{name} was born in {CITIES[city]}.'))
+        split = test if i % 4 == 0 else train
+        split.append({"id": f"{'test' if split is test else 'train'}-{i}",
+                      "question": f"Who founded the birthplace of {name}?", "golden_answers": [FOUNDERS[city]],
+                      "metadata": {"gold_queries": [f"{name} born", f"{CITIES[city]} founded"], "type": "two_hop"}})
+    return docs, train, test
+
+
+def flat_text(example: dict) -> str:
+    return "".join(text for text, _ in example["segments"])
+
+
+def turns_text(example: dict) -> str:
+    """What the policy writes (the prompt also shows an example <search> query </search>)."""
+    return "".join(text for text, trainable in example["segments"] if trainable)
+
+
+def test_examples_follow_search_r1_format_with_real_retrieval():
+    docs, train, _ = make_world()
+    ex = build_sft_examples(train, KeywordRetriever(docs), 2, SFTConfig(query_noise=0.0, skip_hop=0.0), seed=0)
+    assert len(ex) == len(train)  # the keyword retriever always finds both facts
+    for e in ex:
+        segs = e["segments"]
+        assert [t for _, t in segs] == [False, True, False, True, False, True]
+        assert "Question: " + e["question"] in segs[0][0]
+        q1, q2 = (re.search(r"<search> (.*?) </search>", segs[i][0]).group(1) for i in (1, 3))
+        row = next(r for r in train if r["id"] == e["id"])
+        assert [q1, q2] == row["metadata"]["gold_queries"]
+        assert segs[2][0].startswith("\n\n" + INFO_OPEN) and segs[4][0].startswith("\n\n" + INFO_OPEN)
+        assert e["golden_answers"][0] in segs[4][0]  # the answer is in the retrieved passages...
+        assert segs[5][0].endswith(f"<answer> {e['golden_answers'][0]} </answer>")  # ...and then answered
+        assert e["num_searches"] == 2
+
+
+def test_examples_come_only_from_the_given_training_rows():
+    docs, train, test = make_world()
+    ex = build_sft_examples(train, KeywordRetriever(docs), 2, SFTConfig(), seed=0)
+    ids = {e["id"] for e in ex}
+    assert ids and ids <= {r["id"] for r in train}
+    assert not ids & {r["id"] for r in test}
+    test_questions = {r["question"] for r in test}
+    assert not any(q in flat_text(e) for e in ex for q in test_questions)
+
+
+def test_imperfect_first_query_leads_to_a_re_search():
+    docs, train, _ = make_world()
+    ex = build_sft_examples(train, KeywordRetriever(docs), 1, SFTConfig(query_noise=1.0, skip_hop=0.0), seed=0)
+    re_searched = [e for e in ex if e["re_searched"]]
+    assert re_searched, "with top-1 retrieval some imperfect queries must miss"
+    for e in re_searched:
+        text = turns_text(e)
+        assert "search again" in text and e["num_searches"] == 3
+        queries = re.findall(r"<search> (.*?) </search>", text)
+        row = next(r for r in train if r["id"] == e["id"])
+        assert queries[0] != queries[1] == row["metadata"]["gold_queries"][0]
+    assert perturb_query("single", __import__("random").Random(0)) is None
+
+
+def test_second_hop_is_skipped_only_when_first_passages_hold_the_answer():
+    docs = [Doc("a", '"Ada Pell"\nAda Pell was born in Kastrin, a city founded by Ilsa Marrow.'),
+            Doc("k", '"Kastrin"\nKastrin is a city founded by Ilsa Marrow.')]
+    row = {"id": "t1", "question": "Who founded the birthplace of Ada Pell?", "golden_answers": ["Ilsa Marrow"],
+           "metadata": {"gold_queries": ["Ada Pell born", "Kastrin founded"]}}
+    [skip] = build_sft_examples([row], KeywordRetriever(docs), 1, SFTConfig(query_noise=0, skip_hop=1.0))
+    assert skip["skipped_hop"] and skip["num_searches"] == 1
+    [full] = build_sft_examples([row], KeywordRetriever(docs), 1, SFTConfig(query_noise=0, skip_hop=0.0))
+    assert not full["skipped_hop"] and full["num_searches"] == 2
+
+
+def test_questions_whose_answer_is_never_retrieved_are_dropped():
+    docs, train, _ = make_world()
+    docs = [d for d in docs if not d.id.startswith("c")]  # no city passages: second hop cannot succeed
+    assert build_sft_examples(train, KeywordRetriever(docs), 3, SFTConfig(skip_hop=1.0), seed=0) == []
+    assert contains_answer([Doc("x", "founded by Ilsa Marrow.")], ["ilsa marrow"])
+    assert not contains_answer([Doc("x", "founded by Ilsa Marrowing.")], ["Ilsa Marrow"])
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    docs, train, _ = make_world()
+    root = tmp_path_factory.mktemp("sft")
+    (root / "corpus.jsonl").write_text("".join(json.dumps({"id": d.id, "contents": d.contents}) + "\n" for d in docs))
+    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train))
+    return train_micro_tokenizer(root / "corpus.jsonl", [root / "train.jsonl"], 400, root / "tok")
+
+
+def test_information_tokens_get_no_loss_and_no_gradient(tokenizer):
+    docs, train, _ = make_world()
+    [ex] = build_sft_examples(train[:1], KeywordRetriever(docs), 2, SFTConfig(query_noise=0, skip_hop=0))
+    ids, mask = tokenize_example(ex["segments"], tokenizer, 1024)
+    assert ids[-1] == tokenizer.eos_token_id and mask[-1] == 1
+    # Mask 1 exactly on the policy's own turns: decode the masked tokens back to the turn texts.
+    kept = tokenizer.decode([i for i, m in zip(ids, mask) if m], skip_special_tokens=True)
+    assert kept == "".join(t for t, trainable in ex["segments"] if trainable)
+    info = tokenizer.decode([i for i, m in zip(ids, mask) if not m], skip_special_tokens=True)
+    assert info == "".join(t for t, trainable in ex["segments"] if not trainable)
+    assert info.count(INFO_OPEN) == 3  # the prompt's own mention + two information blocks
+
+    model = build_tiny_policy(len(tokenizer), seed=0)
+    x, m = torch.tensor([ids]), torch.tensor([mask])
+    logits = model(x).logits
+    logits.retain_grad()
+    masked_lm_loss(logits, x, m).backward()
+    grad_norm = logits.grad[0].abs().sum(-1)  # position t predicts token t + 1
+    target_mask = m[0, 1:]
+    assert (grad_norm[:-1][target_mask == 0] == 0).all()
+    assert (grad_norm[:-1][target_mask == 1] > 0).all()
+    assert grad_norm[-1] == 0  # the last position predicts nothing
+
+
+def test_tokenize_example_rejects_a_trainable_prompt(tokenizer):
+    with pytest.raises(ValueError, match="prompt"):
+        tokenize_example([("q", True)], tokenizer, 16)
+
+
+def test_read_train_rows_names_file_and_line(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"id": "a", "question": "q?", "golden_answers": ["x"]}\n{"id": "b", "question": "q?"}\n')
+    with pytest.raises(DataError, match=r"train.jsonl:2: .*golden_answers"):
+        read_train_rows(path)
+
+
+def test_short_sft_run_lowers_loss_and_saves_a_loadable_policy(tmp_path):
+    docs, train, _ = make_world(60)
+    corpus, qa = tmp_path / "corpus.jsonl", tmp_path / "train.jsonl"
+    corpus.write_text("".join(json.dumps({"id": d.id, "contents": d.contents}) + "\n" for d in docs))
+    qa.write_text("".join(json.dumps(r) + "\n" for r in train))
+    settings = Settings(
+        policy=PolicyConfig(kind="micro", micro_hidden_size=64, micro_layers=2, micro_vocab_size=400),
+        sft=SFTConfig(epochs=6, lr=3e-3, batch_size=8),
+    )
+    settings.retrieval.topk = 2
+    base = prepare_base_policy(settings.policy, corpus, [qa], tmp_path / "base")
+    logged = []
+    metrics = run_sft(settings, base, qa, KeywordRetriever(docs), tmp_path / "sft", log_fn=lambda m, s: logged.append(s))
+    assert metrics["examples"] == len(train) == 45
+    assert metrics["steps"] == 6 * 6 and logged == list(range(metrics["steps"]))
+    curve = metrics["loss_curve"]
+    assert sum(curve[-3:]) / 3 < 0.5 * sum(curve[:3]) / 3, curve
+    assert metrics["tokens_per_s"] > 0
+    model, tok = load_policy(str(tmp_path / "sft"))
+    base_model, _ = load_policy(str(base))
+    ids = torch.tensor([tok("Who founded the birthplace of Zorbak Quellin?").input_ids])
+    with torch.no_grad():
+        assert not torch.equal(model(ids).logits, base_model(ids).logits)
+    assert (tmp_path / "sft" / "sft_examples.sample.jsonl").exists()
+
+
+def test_rejection_source_keeps_only_correct_finished_samples(tmp_path, tokenizer):
+    from searchr1.rollout.types import Sample
+
+    docs, train, _ = make_world()
+    qa = tmp_path / "train.jsonl"
+    qa.write_text("".join(json.dumps(r) + "\n" for r in train))
+    base = tmp_path / "base"
+    build_tiny_policy(len(tokenizer), seed=0).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    gold = {e["id"]: e for e in build_sft_examples(train, KeywordRetriever(docs), 2, SFTConfig(query_noise=0))}
+
+    def rollout_fn(model, tok, rows):
+        out = []
+        for i, r in enumerate(rows):  # one correct and one wrong sample per question
+            ids, mask = tokenize_example(gold[r["id"]]["segments"], tok, 1024)
+            n = len(tok(gold[r["id"]]["segments"][0][0]).input_ids)
+            for reward in (1.0, 0.0):
+                out.append(Sample(uid=f"{r['id']}-{reward}", group_id=r["id"], question=r["question"],
+                                  golden_answers=r["golden_answers"], prompt_ids=ids[:n], response_ids=ids[n:],
+                                  response_mask=mask[n:], reward=reward, finished=True, num_searches=2))
+        return out
+
+    settings = Settings(sft=SFTConfig(source="rejection", epochs=1, batch_size=8, num_examples=10))
+    metrics = run_sft(settings, base, qa, None, tmp_path / "sft", rollout_fn=rollout_fn)
+    assert metrics["questions"] == 10 and metrics["examples"] == 10 and metrics["steps"] == 2
+    kept = [json.loads(x) for x in (tmp_path / "sft" / "sft_examples.sample.jsonl").read_text().splitlines()]
+    assert all(k["reward"] == 1.0 for k in kept)
+    with pytest.raises(ValueError, match="rollout_fn"):
+        run_sft(settings, base, qa, None, tmp_path / "sft2")
