@@ -1,0 +1,153 @@
+"""Evaluation harness (resumable, paper-style table) and the registry's champion/challenger rule."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from searchr1.config import (
+    CorpusConfig,
+    PolicyConfig,
+    QAConfig,
+    RetrievalConfig,
+    Settings,
+    TrackingConfig,
+    WorldConfig,
+)
+from searchr1.evaluation.metrics import aggregate, bootstrap_ci
+from searchr1.evaluation.registry import PromotionError, check_evaluation, decide, register_and_promote
+from searchr1.evaluation.report import markdown_table
+
+TINY_WORLD = dict(num_people=40, num_places=20, num_organizations=20, num_inventions=20, num_events=20,
+                  num_train_questions=40, num_test_questions=12)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A real tiny world, its BM25 index and a tiny random policy, built with the library functions."""
+    from searchr1.data.corpus import prepare_corpus
+    from searchr1.data.qa import prepare_qa
+    from searchr1.data.world import generate_world
+    from searchr1.models.loading import prepare_base_policy
+    from searchr1.retrieval.build import build_indexes
+
+    root = tmp_path_factory.mktemp("evalproj")
+    world = WorldConfig(out_dir=str(root / "world"), **TINY_WORLD)
+    generate_world(world)
+    corpus = CorpusConfig(out_path=str(root / "corpus.jsonl"), stats_path=str(root / "corpus_stats.json"))
+    prepare_corpus(corpus, world_dir=world.out_dir)
+    qa = QAConfig(out_dir=str(root / "qa"))
+    prepare_qa(qa, world_dir=world.out_dir)
+    retrieval = RetrievalConfig(index_dir=str(root / "indexes"), build=["bm25"])
+    build_indexes(retrieval, corpus.out_path)
+    policy = PolicyConfig(kind="tiny", micro_vocab_size=512, out_dir=str(root / "policy"))
+    prepare_base_policy(policy, corpus.out_path, [Path(qa.out_dir) / "train.jsonl"])
+    settings = Settings.model_validate(
+        {
+            "corpus": corpus.model_dump(),
+            "qa": qa.model_dump(),
+            "retrieval": retrieval.model_dump(),
+            "rollout": {"max_turns": 1, "max_turn_tokens": 8},
+            "evaluation": {"batch_size": 1},
+        }
+    )
+    return root, settings
+
+
+def _evaluate(root: Path, settings: Settings, predictions: Path) -> list[dict]:
+    from searchr1.data.qa import load_qa
+    from searchr1.evaluation.harness import evaluate_method
+    from searchr1.models.loading import load_policy
+    from searchr1.retrieval import load_retriever
+    from searchr1.rollout.engine import HFEngine
+
+    model, tok = load_policy(str(root / "policy"))
+    items = load_qa(Path(settings.qa.out_dir) / "test.jsonl")[:5]
+    retriever = load_retriever(settings.retrieval, settings.corpus.out_path)
+    return evaluate_method(HFEngine(model, tok), tok, retriever, items, "search-r1", settings, predictions)
+
+
+def _stable(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "latency_s"} for r in rows]
+
+
+def test_resumed_evaluation_equals_a_fresh_one(project, tmp_path):
+    root, settings = project
+    fresh = _evaluate(root, settings, tmp_path / "fresh.jsonl")
+    assert len(fresh) == 5 and {"em", "f1", "substring_em", "num_searches"} <= set(fresh[0])
+
+    # Simulate a kill after two questions, mid-way through writing the third line.
+    lines = (tmp_path / "fresh.jsonl").read_text().splitlines()
+    (tmp_path / "resumed.jsonl").write_text("\n".join(lines[:2]) + "\n" + lines[2][:17])
+    resumed = _evaluate(root, settings, tmp_path / "resumed.jsonl")
+    assert _stable(resumed) == _stable(fresh)
+    assert len((tmp_path / "resumed.jsonl").read_text().splitlines()) == 5  # torn line replaced, none doubled
+
+
+def test_aggregate_reports_per_dataset_and_unweighted_average():
+    rows = [
+        {"data_source": "nq", "em": 1.0, "substring_em": 1.0, "f1": 1.0, "num_searches": 1, "valid_action_ratio": 1.0, "response_tokens": 10, "latency_s": 0.1},
+        {"data_source": "nq", "em": 0.0, "substring_em": 1.0, "f1": 0.5, "num_searches": 2, "valid_action_ratio": 0.5, "response_tokens": 20, "latency_s": 0.1},
+        {"data_source": "hotpotqa", "em": 1.0, "substring_em": 1.0, "f1": 1.0, "num_searches": 0, "valid_action_ratio": 1.0, "response_tokens": 5, "latency_s": 0.1},
+    ]
+    out = aggregate(rows, bootstrap_samples=200)
+    assert out["nq"]["em"] == 0.5 and out["hotpotqa"]["em"] == 1.0
+    assert out["average"]["em"] == 0.75  # mean over datasets, as the paper averages, not over questions
+    assert out["average"]["n"] == 3
+    assert 0.0 <= out["nq"]["em_ci_low"] <= 0.5 <= out["nq"]["em_ci_high"] <= 1.0
+    table = markdown_table({"policy/search-r1": out})
+    assert table.splitlines()[0] == "| method | hotpotqa | nq | average |"
+    assert "| policy/search-r1 | 1.000 [1.000, 1.000] | 0.500 [" in table
+
+
+def test_bootstrap_interval_is_degenerate_for_constant_scores_and_wide_for_mixed():
+    assert bootstrap_ci([1.0] * 20) == (1.0, 1.0)
+    lo, hi = bootstrap_ci([0.0, 1.0] * 50, samples=500)
+    assert lo < 0.5 < hi and hi - lo > 0.1
+
+
+def test_promotion_rule():
+    assert decide(0.3, None, 0.0)[0] is True
+    assert decide(0.31, 0.30, 0.0)[0] is True
+    assert decide(0.30, 0.30, 0.0)[0] is False
+    assert decide(0.32, 0.30, 0.05)[0] is False
+    with pytest.raises(PromotionError, match="partial"):
+        check_evaluation({"complete": False, "average": {"em": 0.9}}, "em")
+    with pytest.raises(PromotionError, match="no average"):
+        check_evaluation({"complete": True, "average": {}}, "em")
+
+
+def test_registry_champion_and_challenger_and_loading_the_champion(project, tmp_path, monkeypatch):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from searchr1.models.loading import load_policy
+    from searchr1.tracking import stage_run
+
+    root, _ = project
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    cfg = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="registry-test")
+    name = "test-policy"
+
+    def promote(score, champion_score):
+        with stage_run(cfg, "promote") as run:
+            return register_and_promote(root / "policy", name, score, champion_score, "evalset", 0.0, run.run_id, {"git.commit": "abc"})
+
+    first = promote(0.20, None)
+    assert first.promoted and first.version == "1"
+    worse = promote(0.10, 0.20)
+    assert not worse.promoted
+    client = MlflowClient()
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    assert str(client.get_model_version_by_alias(name, "challenger").version) == "2"
+    with pytest.raises(PromotionError, match="was not evaluated"):
+        promote(0.5, None)  # a champion exists: its score on this eval set is required
+    better = promote(0.30, 0.20)
+    assert better.promoted and str(client.get_model_version_by_alias(name, "champion").version) == better.version
+    version = client.get_model_version(name, better.version)
+    assert version.tags["git.commit"] == "abc" and version.tags["eval.score"] == "0.3"
+
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    model, tok = load_policy(f"models:/{name}@champion")
+    assert model.config.vocab_size == len(tok)
