@@ -213,7 +213,7 @@ def test_rejection_source_keeps_only_correct_finished_samples(tmp_path, tokenize
 
     def rollout_fn(model, tok, rows):
         out = []
-        for i, r in enumerate(rows):  # one correct and one wrong sample per question
+        for r in rows:  # one correct and one wrong sample per question
             ids, mask = tokenize_example(gold[r["id"]]["segments"], tok, 1024)
             n = len(tok(gold[r["id"]]["segments"][0][0]).input_ids)
             for reward in (1.0, 0.0):

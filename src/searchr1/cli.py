@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from searchr1.config import ConfigError, Settings, dump_settings, load_settings
-from searchr1.io import DataError
+from searchr1.errors import SearchR1Error
 
 log = logging.getLogger("searchr1")
 
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(args.params, args.overrides)
         args.handler(settings, args)
-    except (ConfigError, DataError, FileNotFoundError) as exc:
+    except (SearchR1Error, FileNotFoundError) as exc:
         print(f"searchr1 {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -13,8 +13,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from searchr1.errors import SearchR1Error
 
-class ConfigError(ValueError):
+
+class ConfigError(SearchR1Error, ValueError):
     """A settings file or override is invalid; the message names the file and key."""
 
 

@@ -16,8 +16,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from searchr1.errors import SearchR1Error
 
-class DataError(ValueError):
+
+class DataError(SearchR1Error, ValueError):
     """Bad input data; the message names the file, line and field."""
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from searchr1.config import ConfigError, Settings
+from searchr1.errors import SearchR1Error
 from searchr1.io import read_json
 from searchr1.stages import REPORTS, _finish
 from searchr1.tracking import stage_run
@@ -20,7 +21,7 @@ from searchr1.tracking import stage_run
 log = logging.getLogger(__name__)
 
 
-class RetrainError(RuntimeError):
+class RetrainError(SearchR1Error, RuntimeError):
     """A retrain stage failed (after its retries); the message names the stage."""
 
 

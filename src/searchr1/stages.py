@@ -8,6 +8,7 @@ outputs and a metrics file under ``reports/``, and logs params/metrics/artifacts
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -82,8 +83,8 @@ def build_index(settings: Settings) -> dict:
 
 def prepare_policy(settings: Settings) -> dict:
     """Write the base policy (micro: tokenizer trained on the corpus + random init; smol; hf id/path)."""
-    from searchr1.models.loading import POLICY_FILE, prepare_base_policy
     from searchr1.io import read_json
+    from searchr1.models.loading import POLICY_FILE, prepare_base_policy
 
     cfg = settings.policy
     qa = [Path(settings.qa.out_dir) / "train.jsonl"]
@@ -138,16 +139,31 @@ def train(settings: Settings, resume: bool = False) -> dict:
     items, held_out = items[: -cfg.eval_size], items[-cfg.eval_size :]
     if not items:
         raise ValueError(f"train.eval_size={cfg.eval_size} leaves no training question")
+    # Under a multi-process launcher every rank runs this function; only rank 0 logs and writes reports.
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    tracking = settings.tracking if main_rank else settings.tracking.model_copy(update={"enabled": False})
     started = time.time()
-    with stage_run(settings.tracking, "train", params={"train": cfg.model_dump(), "rollout": settings.rollout.model_dump(), "reward": settings.reward.model_dump()}, inputs={"init": init}) as run:
+    params = {"train": cfg.model_dump(), "rollout": settings.rollout.model_dump(), "reward": settings.reward.model_dump()}
+    with stage_run(tracking, "train", params=params, inputs={"init": init}) as run:
         retriever = load_retriever(settings.retrieval, settings.corpus.out_path)
         model, tokenizer = load_policy(init, dtype="float32")
         last: dict = {}
+        vllm, sync_fn = None, None
+        if settings.rollout.engine == "vllm":
+            from searchr1.models.loading import resolve_model_path
+            from searchr1.rollout.vllm_engine import VLLMEngine
+
+            r = settings.rollout
+            vllm = VLLMEngine(resolve_model_path(init), r.vllm_tensor_parallel_size, r.vllm_gpu_memory_utilization)
+            sync_fn = vllm.update_weights  # the trainer pushes gathered weights after every update
+
+        def engine_for(module):
+            # The HF engine generates with the actor module itself (under ZeRO-3 with gathered params).
+            return vllm if vllm is not None else HFEngine(module, tokenizer)
 
         def rollout_fn(module, requests):
-            # The HF engine generates with the actor module itself (under ZeRO-3 with gathered params).
             result = run_rollout(
-                HFEngine(module, tokenizer), tokenizer, requests, retriever, settings.rollout, settings.reward,
+                engine_for(module), tokenizer, requests, retriever, settings.rollout, settings.reward,
                 # A fresh seed per step, derived from the step so that --resume replays exactly.
                 topk=settings.retrieval.topk, seed=settings.rollout.seed + 7919 * trainer.step,
             )
@@ -158,13 +174,19 @@ def train(settings: Settings, resume: bool = False) -> dict:
 
         def eval_fn(module) -> dict:
             result = run_rollout(
-                HFEngine(module, tokenizer), tokenizer, held_out, retriever, settings.rollout, settings.reward,
+                engine_for(module), tokenizer, held_out, retriever, settings.rollout, settings.reward,
                 topk=settings.retrieval.topk, greedy=True,
             )
             return {"em": result.stats["em"], "searches_per_sample": result.stats["searches_per_sample"]}
 
-        trainer = RLTrainer(settings, model, tokenizer, rollout_fn, items, log_fn=run.log_metrics, eval_fn=eval_fn)
+        trainer = RLTrainer(
+            settings, model, tokenizer, rollout_fn, items, log_fn=run.log_metrics, eval_fn=eval_fn, sync_fn=sync_fn
+        )
         history = trainer.train(resume=resume)
+        if not main_rank:
+            return {}
+        # Checkpoints can be many GB: referenced by path; the final model is logged when it is registered.
+        run.set_tags({"checkpoint_dir": str(Path(cfg.out_dir).resolve()), "final_dir": str(Path(cfg.final_dir).resolve())})
         if last.get("samples"):
             save_trajectories(REPORTS / "trajectories.jsonl", last["samples"])
             run.log_artifact(REPORTS / "trajectories.jsonl")

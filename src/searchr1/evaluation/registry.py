@@ -12,12 +12,14 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from searchr1.errors import SearchR1Error
+
 log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 
 
-class PromotionError(RuntimeError):
+class PromotionError(SearchR1Error, RuntimeError):
     """The evaluation cannot support a promotion decision (failed, partial, or a different eval set)."""
 
 

@@ -72,7 +72,7 @@ def prepare_base_policy(
     return out_dir
 
 
-def _resolve(path_or_id: str) -> str:
+def resolve_model_path(path_or_id: str) -> str:
     """A local folder for MLflow ``models:/`` / ``runs:/`` URIs; other inputs pass through."""
     if not path_or_id.startswith(("models:/", "runs:/")):
         return path_or_id
@@ -127,7 +127,7 @@ def load_policy(path_or_id: str, dtype: str = "float32", device: str | torch.dev
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r}: expected one of {sorted(DTYPES)}")
-    name = _resolve(str(path_or_id))
+    name = resolve_model_path(str(path_or_id))
     tokenizer = fix_tokenizer(_from_pretrained(AutoTokenizer, name))
     model = _from_pretrained(AutoModelForCausalLM, name, dtype=DTYPES[dtype])
     if getattr(model, "hf_quantizer", None) is not None:

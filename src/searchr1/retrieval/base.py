@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from searchr1.errors import SearchR1Error
 from searchr1.prompts import split_title
 
 
@@ -27,7 +28,7 @@ class Doc:
         return split_title(self.contents)[1]
 
 
-class RetrievalError(RuntimeError):
+class RetrievalError(SearchR1Error, RuntimeError):
     """Retrieval failed (server down after retries, bad response, index problem)."""
 
 

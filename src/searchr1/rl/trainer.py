@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from searchr1.config import Settings
+from searchr1.errors import SearchR1Error
 from searchr1.io import atomic_path, read_json, write_json
 from searchr1.rl import engine as E
 from searchr1.rl.batch import Batch, collate, forward_logprobs, hidden_or_logits, logprobs_of
@@ -36,11 +37,11 @@ log = logging.getLogger(__name__)
 RolloutFn = Callable[[torch.nn.Module, list[Any]], list[Sample]]
 
 
-class CollapseError(RuntimeError):
+class CollapseError(SearchR1Error, RuntimeError):
     """Training collapsed and ``train.stop_on_collapse`` is set; a checkpoint was saved first."""
 
 
-class WeightSyncError(RuntimeError):
+class WeightSyncError(SearchR1Error, RuntimeError):
     """Pushing the new weights to the rollout engine failed or did not finish in ``train.sync_timeout_s``."""
 
 
