@@ -1,6 +1,5 @@
 """Evaluation harness (resumable, paper-style table) and the registry's champion/challenger rule."""
 
-import json
 from pathlib import Path
 
 import pytest
