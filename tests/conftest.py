@@ -6,6 +6,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tasks/ and flows/ are importable as in `python flows/pipeline.py`
 
@@ -18,3 +20,25 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
 # Bin dir of this interpreter first, so `searchr1`/`dvc` in subprocesses are the venv's.
 os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+
+
+@pytest.fixture(scope="session")
+def harness():
+    """One Prefect test server for the whole session (starting one costs ~10 s)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def smol(tmp_path_factory):
+    """SmolLM2's real tokenizer (read from the GGUF once, then from a saved copy)."""
+    from transformers import AutoTokenizer
+
+    cache = tmp_path_factory.getbasetemp() / "smollm2_tokenizer"
+    if not cache.exists():
+        from searchr1.models.smollm2 import load_smollm2_tokenizer
+
+        load_smollm2_tokenizer().save_pretrained(cache)
+    return AutoTokenizer.from_pretrained(cache)

@@ -55,14 +55,6 @@ def write_tiny_project(path: Path, tracking_uri: str | None) -> None:
 
 
 @pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-@pytest.fixture(scope="module")
 def project(harness, tmp_path_factory):
     """The tiny pipeline, run once for the whole module."""
     from flows.pipeline import pipeline

@@ -23,14 +23,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-@pytest.fixture(scope="module")
 def project(harness, tmp_path_factory):
     """A tiny project with data, BM25 index, base and cold-start policies (no RL policy, no champion yet),
     and the bundled world's version 2 as the refresh drop."""

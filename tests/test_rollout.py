@@ -83,18 +83,6 @@ def char_ids(tok, text):
 
 
 @pytest.fixture(scope="module")
-def smol(tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    cache = tmp_path_factory.getbasetemp() / "smollm2_tokenizer"
-    if not cache.exists():
-        from searchr1.models.smollm2 import load_smollm2_tokenizer
-
-        load_smollm2_tokenizer().save_pretrained(cache)
-    return AutoTokenizer.from_pretrained(cache)
-
-
-@pytest.fixture(scope="module")
 def tiny_tok():
     """A tiny byte-level BPE trained on the spot: no chat template, pad != eos."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

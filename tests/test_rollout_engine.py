@@ -10,18 +10,6 @@ from searchr1.rollout.loop import run_rollout
 
 
 @pytest.fixture(scope="module")
-def smol(tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    cache = tmp_path_factory.getbasetemp() / "smollm2_tokenizer"
-    if not cache.exists():
-        from searchr1.models.smollm2 import load_smollm2_tokenizer
-
-        load_smollm2_tokenizer().save_pretrained(cache)
-    return AutoTokenizer.from_pretrained(cache)
-
-
-@pytest.fixture(scope="module")
 def model(smol):
     return build_tiny_policy(len(smol), seed=0)
 

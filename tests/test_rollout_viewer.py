@@ -7,7 +7,7 @@ from searchr1.rollout.ask import ask, format_sample
 from searchr1.rollout.loop import run_rollout
 from searchr1.rollout.trajectories import load_trajectories, save_trajectories
 from searchr1.rollout.viewer import render_html, write_viewer
-from tests.test_rollout import Q1, KeywordRetriever, ScriptedEngine, enc, items, smol  # noqa: F401
+from tests.test_rollout import Q1, KeywordRetriever, ScriptedEngine, enc, items
 
 CFG = RolloutConfig(max_turns=2, max_turn_tokens=64, retrieval_backoff_s=0.0)
 
