@@ -118,13 +118,14 @@ def forward_logprobs(
 
 @torch.no_grad()
 def logprobs_of(
-    model: torch.nn.Module, batch: Batch, micro_batch_size: int = 8, temperature: float = 1.0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``forward_logprobs`` without gradients, in micro-batches; returns ``[B, R]`` (logp, entropy)."""
+    model: torch.nn.Module, batch: Batch, micro_batch_size: int = 8, temperature: float = 1.0, with_entropy: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``forward_logprobs`` without gradients, in micro-batches; returns ``[B, R]`` (logp, entropy or None)."""
     device = next(model.parameters()).device
     logps, ents = [], []
     for mb in batch.chunks(micro_batch_size):
-        logp, ent = forward_logprobs(model, mb.to(device), temperature)
+        logp, ent = forward_logprobs(model, mb.to(device), temperature, with_entropy)
         logps.append(logp.cpu())
-        ents.append(ent.cpu())
-    return torch.cat(logps), torch.cat(ents)
+        if ent is not None:
+            ents.append(ent.cpu())
+    return torch.cat(logps), (torch.cat(ents) if ents else None)

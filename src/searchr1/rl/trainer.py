@@ -163,7 +163,7 @@ class RLTrainer:
         token_rewards = batch["token_rewards"]
         kl = torch.zeros((), device=self.device)
         if self.ref is not None:
-            ref_logp, _ = logprobs_of(self.ref, batch, self.micro_batch_size, self.temperature)
+            ref_logp, _ = logprobs_of(self.ref, batch, self.micro_batch_size, self.temperature, with_entropy=False)
             batch["ref_logp"] = ref_logp.to(self.device)
             kl = masked_mean(kl_penalty(batch["old_logp"], batch["ref_logp"], cfg.kl_estimator), mask)
             if self.kl_in_reward:  # per-token k1 penalty, an unbiased reward shaping term
@@ -237,12 +237,14 @@ class RLTrainer:
                 minibatch = batch.select(perm[start : start + cfg.minibatch_size])
                 for mb in minibatch.chunks(self.micro_batch_size):
                     m = mb["loss_mask"]
-                    logp, ent = forward_logprobs(self.actor, mb, self.temperature)
+                    # The full-vocabulary entropy is costly: build its graph only when it is in the loss.
+                    logp, ent = forward_logprobs(self.actor, mb, self.temperature, with_entropy=cfg.entropy_coef > 0)
                     pg_loss, clip_frac, approx_kl = clipped_policy_loss(
                         logp, mb["old_logp"], mb["advantages"], m, cfg.clip_range
                     )
-                    ent_mean = masked_mean(ent, m)
-                    loss = pg_loss - cfg.entropy_coef * ent_mean
+                    loss = pg_loss
+                    if ent is not None:
+                        loss = loss - cfg.entropy_coef * masked_mean(ent, m)
                     kl_loss = torch.zeros(())
                     if self.use_kl_loss:
                         kl_loss = masked_mean(kl_penalty(logp, mb["ref_logp"], cfg.kl_estimator), m)
