@@ -113,6 +113,17 @@ def _view_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=None, help="show at most this many trajectories")
 
 
+def _cmd_results(settings: Settings, args: argparse.Namespace) -> None:
+    from searchr1.evaluation.results import write_results
+
+    out = write_results(settings.tracking, args.out, Path(args.out).parent / "results")
+    print(f"wrote {out}")
+
+
+def _results_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="reports/results.md", help="markdown file to write (default: %(default)s)")
+
+
 def _cmd_config(settings: Settings, args: argparse.Namespace) -> None:
     print(dump_settings(settings), end="")
 
@@ -172,6 +183,7 @@ COMMANDS = {
     "promote": ("register the trained policy in MLflow; champion only if it beats the champion (DVC stage `promote`)", _stage_command("promote"), None),
     "ask": ("answer one question with a policy and the retriever, showing reasoning, searches and answer", _cmd_ask, _ask_args),
     "view": ("render a trajectories.jsonl as HTML, retrieved (masked) text marked", _cmd_view, _view_args),
+    "results": ("write a results report (EM tables with bootstrap CIs, RL curves) from the MLflow runs", _cmd_results, _results_args),
     "pipeline": ("run the whole pipeline as a Prefect flow (flows/pipeline.py)", _cmd_pipeline, None),
     "retrain": ("one retrain cycle now: refresh corpus, update indexes, train from champion, evaluate, promote", _cmd_retrain, _retrain_args),
     "schedule": ("serve the retrain flow on a cron schedule (needs `prefect server start` + PREFECT_API_URL)", _cmd_schedule, _schedule_args),

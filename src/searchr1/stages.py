@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import time
 from pathlib import Path
 
@@ -234,7 +235,10 @@ def evaluate(settings: Settings) -> dict:
 
     cfg = settings.evaluation
     test_path = Path(settings.qa.out_dir) / "test.jsonl"
-    items = load_qa(test_path)[: cfg.max_examples]
+    items = load_qa(test_path)
+    if cfg.max_examples is not None and cfg.max_examples < len(items):
+        # A seeded sample, not the head: test files are often ordered by question type or dataset.
+        items = random.Random(settings.seed).sample(items, cfg.max_examples)
     started = time.time()
     inputs = {"test": test_path, **{k: v for k, v in policy_dirs(settings).items() if Path(v).exists()}}
     with stage_run(settings.tracking, "evaluate", params={"evaluation": cfg.model_dump()}, inputs=inputs) as run:
