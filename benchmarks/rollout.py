@@ -10,7 +10,6 @@ emits the tags). Usage: python benchmarks/rollout.py [--questions 16 --turn-toke
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import time
 
@@ -24,7 +23,7 @@ from searchr1.prompts import ANSWER_CLOSE, INVALID_ACTION_MESSAGE, SEARCH_CLOSE,
 from searchr1.retrieval.base import Doc
 from searchr1.rewards.qa import compute_reward
 from searchr1.rollout.engine import HFEngine, SamplingSettings, cut_at_stop
-from searchr1.rollout.loop import classify_turn, build_prompt_ids, fit_passages, run_rollout
+from searchr1.rollout.loop import build_prompt_ids, classify_turn, fit_passages, run_rollout
 
 # A short instruction keeps the CPU-only SFT of the tiny policy cheap; both loops use it.
 TEMPLATE = "Answer with <search> query </search> and <answer> answer </answer>. Question: {question}\n"

@@ -73,7 +73,9 @@ class EncoderConfig(Section):
     passage_prefix: str = ""
     max_length: int = Field(256, ge=8)
     batch_size: int = Field(128, ge=1)
-    backend: Literal["torch"] = Field("torch", description="Encoder runtime; ONNX/int8 CPU paths are not implemented.")
+    backend: Literal["torch", "onnx"] = Field(
+        "torch", description="onnx: ONNX Runtime on CPU (needs onnxruntime + onnx; same vectors, ~2x faster); GPU uses torch."
+    )
 
 
 class FaissConfig(Section):
