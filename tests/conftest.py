@@ -42,3 +42,19 @@ def smol(tmp_path_factory):
 
         load_smollm2_tokenizer().save_pretrained(cache)
     return AutoTokenizer.from_pretrained(cache)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory):
+    """A random 1-layer BERT with MiniLM's tokenizer: same code path as a real encoder, ~50x faster."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from searchr1.retrieval.encoder import resolve_encoder_path
+
+    path = tmp_path_factory.mktemp("tiny_encoder")
+    tok = AutoTokenizer.from_pretrained(resolve_encoder_path("all-MiniLM-L6-v2"))
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=512)
+    BertModel(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)

@@ -12,27 +12,13 @@ from searchr1.config import CorpusConfig, RetrievalConfig
 from searchr1.data.refresh import apply_corpus_refresh
 from searchr1.retrieval import load_retriever
 from searchr1.retrieval.build import build_indexes
-from searchr1.retrieval.encoder import Encoder, resolve_encoder_path
+from searchr1.retrieval.encoder import Encoder
 from searchr1.retrieval.synthetic import write_synthetic_corpus
 from searchr1.retrieval.update import update_indexes
 from searchr1.tracking import path_hash
 
 NEW = '"Zorblat Quennis"\nZorblat Quennis is a lighthouse keeper from Quenth who collected amber lenses.'
 CHANGED = '"Changed passage"\nThis passage was rewritten: the guild moved to Marrowby in 1911.'
-
-
-@pytest.fixture(scope="module")
-def tiny_encoder(tmp_path_factory):
-    """A random 1-layer BERT with MiniLM's tokenizer: the real encoder code path, fast."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    path = tmp_path_factory.mktemp("tiny_encoder")
-    tok = AutoTokenizer.from_pretrained(resolve_encoder_path("all-MiniLM-L6-v2"))
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=512)
-    BertModel(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
 
 
 def _setup(tmp_path, encoder, **faiss):

@@ -13,7 +13,7 @@ from searchr1.io import DataError
 from searchr1.retrieval import load_retriever
 from searchr1.retrieval.build import build_indexes
 from searchr1.retrieval.docstore import DocStore, build_docstore
-from searchr1.retrieval.encoder import Encoder, resolve_encoder_path
+from searchr1.retrieval.encoder import Encoder
 from searchr1.retrieval.hybrid import rrf_fuse
 from searchr1.retrieval.synthetic import write_synthetic_corpus
 
@@ -23,20 +23,6 @@ def corpus(tmp_path_factory):
     d = tmp_path_factory.mktemp("corpus")
     queries = write_synthetic_corpus(d / "corpus.jsonl", 200, seed=1)
     return d / "corpus.jsonl", queries
-
-
-@pytest.fixture(scope="module")
-def tiny_encoder(tmp_path_factory):
-    """A random 1-layer BERT with MiniLM's tokenizer: same code path as a real encoder, ~50x faster."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    path = tmp_path_factory.mktemp("tiny_encoder")
-    tok = AutoTokenizer.from_pretrained(resolve_encoder_path("all-MiniLM-L6-v2"))
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=512)
-    BertModel(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
 
 
 def _cfg(tmp_path, encoder: str, **faiss) -> RetrievalConfig:
