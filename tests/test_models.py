@@ -9,9 +9,9 @@ import torch
 
 from searchr1.config import PolicyConfig
 from searchr1.io import read_json
-from searchr1.models.loading import encode_prompt, fix_tokenizer, load_policy, prepare_base_policy
+from searchr1.models.loading import fix_tokenizer, load_policy, prepare_base_policy
 from searchr1.models.micro import build_micro_policy, count_params, train_micro_tokenizer
-from searchr1.prompts import TAGS, information_block, make_prompt
+from searchr1.prompts import TAGS, encode_prompt, information_block, make_prompt
 
 NAMES = ["Zorbak Quellin", "Maritsa Velmor", "Dunkar Solath", "Ulpy Grovenka", "Tesri Athmora"]
 CITIES = ["Velmora", "Kastrin", "Obbledale", "Quenport", "Harrowmint"]

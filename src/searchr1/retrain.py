@@ -15,7 +15,7 @@ from pathlib import Path
 from searchr1.config import ConfigError, Settings
 from searchr1.errors import SearchR1Error
 from searchr1.io import read_json
-from searchr1.stages import REPORTS, _finish
+from searchr1.stages import REPORTS, finish_stage
 from searchr1.tracking import stage_run
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ def refresh(settings: Settings, drop: str | Path, extend_qa: bool = True) -> dic
     started = time.time()
     with stage_run(settings.tracking, "refresh", params={"drop": str(drop), "extend_qa": extend_qa}, inputs={"drop": drop}) as run:
         stats = apply_refresh(settings.corpus, settings.qa, drop, extend_qa=extend_qa)
-        return _finish(run, "refresh", stats, started)
+        return finish_stage(run, "refresh", stats, started)
 
 
 def update_index(settings: Settings) -> dict:
@@ -42,7 +42,7 @@ def update_index(settings: Settings) -> dict:
     cfg, corpus = settings.retrieval, settings.corpus.out_path
     started = time.time()
     with stage_run(settings.tracking, "index", params={"retrieval": cfg.model_dump()}, inputs={"corpus": corpus}) as run:
-        return _finish(run, "index", update_indexes(cfg, corpus), started)
+        return finish_stage(run, "index", update_indexes(cfg, corpus), started)
 
 
 def init_source(settings: Settings) -> str:

@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 REPORTS = Path("reports")
 
 
-def _finish(run, stage: str, metrics: dict, started: float) -> dict:
+def finish_stage(run, stage: str, metrics: dict, started: float) -> dict:
+    """Add the stage's wall time, write ``reports/<stage>.json``, log the metrics; returns them."""
     metrics = {**metrics, "seconds": round(time.time() - started, 3)}
     write_json(REPORTS / f"{stage}.json", metrics)
     run.log_metrics(metrics)
@@ -42,7 +43,7 @@ def make_world(settings: Settings) -> dict:
     started = time.time()
     with stage_run(settings.tracking, "world", params={"world": settings.world.model_dump()}) as run:
         stats = generate_world(settings.world)
-        return _finish(run, "world", stats, started)
+        return finish_stage(run, "world", stats, started)
 
 
 def prepare_corpus(settings: Settings) -> dict:
@@ -54,7 +55,7 @@ def prepare_corpus(settings: Settings) -> dict:
     started = time.time()
     with stage_run(settings.tracking, "corpus", params={"corpus": cfg.model_dump()}, inputs={"corpus": source}) as run:
         stats = _prepare(cfg, world_dir=settings.world.out_dir)
-        return _finish(run, "corpus", stats, started)
+        return finish_stage(run, "corpus", stats, started)
 
 
 def prepare_qa(settings: Settings) -> dict:
@@ -68,7 +69,7 @@ def prepare_qa(settings: Settings) -> dict:
     started = time.time()
     with stage_run(settings.tracking, "qa", params={"qa": cfg.model_dump()}, inputs=inputs) as run:
         stats = _prepare(cfg, world_dir=settings.world.out_dir)
-        return _finish(run, "qa", stats, started)
+        return finish_stage(run, "qa", stats, started)
 
 
 def build_index(settings: Settings) -> dict:
@@ -79,7 +80,7 @@ def build_index(settings: Settings) -> dict:
     started = time.time()
     with stage_run(settings.tracking, "index", params={"retrieval": cfg.model_dump()}, inputs={"corpus": corpus}) as run:
         stats = build_indexes(cfg, corpus)
-        return _finish(run, "index", stats, started)
+        return finish_stage(run, "index", stats, started)
 
 
 def prepare_policy(settings: Settings) -> dict:
@@ -94,7 +95,7 @@ def prepare_policy(settings: Settings) -> dict:
     with stage_run(settings.tracking, "policy", params={"policy": cfg.model_dump()}, inputs=inputs) as run:
         out = prepare_base_policy(cfg, settings.corpus.out_path, qa, seed=settings.seed)
         info = read_json(out / POLICY_FILE)
-        return _finish(run, "policy", {"params": info["params"], "vocab_size": info["vocab_size"]}, started)
+        return finish_stage(run, "policy", {"params": info["params"], "vocab_size": info["vocab_size"]}, started)
 
 
 def cold_start(settings: Settings) -> dict:
@@ -110,7 +111,7 @@ def cold_start(settings: Settings) -> dict:
         retriever = load_retriever(settings.retrieval, settings.corpus.out_path)
         metrics = run_sft(settings, settings.policy.out_dir, qa_train, retriever, cfg.out_dir, log_fn=run.log_metrics)
         metrics.pop("loss_curve", None)  # logged per step already
-        return _finish(run, "sft", metrics, started)
+        return finish_stage(run, "sft", metrics, started)
 
 
 def _init_policy(settings: Settings) -> str:
@@ -203,7 +204,7 @@ def train(settings: Settings, resume: bool = False) -> dict:
         ]
         write_json(REPORTS / "train_history.json", steps)
         write_json(REPORTS / "train_validation.json", evals)
-        return _finish(run, "train", summary, started)
+        return finish_stage(run, "train", summary, started)
 
 
 def policy_dirs(settings: Settings) -> dict[str, str]:
@@ -313,7 +314,7 @@ def promote(settings: Settings) -> dict:
         )
         record = decision_record(decision)
         run.set_tags({"promoted": decision.promoted, "reason": decision.reason})
-        return _finish(run, "promote", {**record, "promoted": int(decision.promoted)}, started)
+        return finish_stage(run, "promote", {**record, "promoted": int(decision.promoted)}, started)
 
 
 STAGES = {

@@ -156,7 +156,8 @@ def to_search_r1(rows: list[dict], split: str, template: str) -> pa.Table:
     return pa.Table.from_pylist(records, schema=PARQUET_SCHEMA)
 
 
-def _split_stats(rows: list[dict]) -> dict:
+def split_stats(rows: list[dict]) -> dict:
+    """Counts per source and question type, and mean question length (a split's stats.json entry)."""
     return {
         "num_questions": len(rows),
         "mean_question_words": round(sum(len(r["question"].split()) for r in rows) / len(rows), 2),
@@ -169,7 +170,7 @@ def prepare_qa(cfg: QAConfig, world_dir: str | Path = "data/world") -> dict:
     """Write train/test jsonl + parquet and stats.json into ``cfg.out_dir`` (replaced atomically); returns the stats."""
     make_prompt("probe", cfg.template)  # a bad template fails before any reading
     splits = {split: load_split(cfg, split, world_dir) for split in SPLITS}
-    stats = {split: _split_stats(rows) for split, rows in splits.items()}
+    stats = {split: split_stats(rows) for split, rows in splits.items()}
     with atomic_path(cfg.out_dir) as tmp:
         tmp.mkdir()
         for split, rows in splits.items():

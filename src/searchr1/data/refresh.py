@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from searchr1.config import CorpusConfig, QAConfig
 from searchr1.data.corpus import iter_passages
-from searchr1.data.qa import _split_stats, load_qa, to_search_r1, validate_qa_row
+from searchr1.data.qa import load_qa, split_stats, to_search_r1, validate_qa_row
 from searchr1.io import DataError, atomic_open, atomic_path, file_sha256, iter_jsonl, read_json, write_json, write_jsonl
 
 
@@ -135,7 +135,7 @@ def apply_qa_refresh(cfg: QAConfig, qa: dict[str, list[dict]], where: str = "ref
         for split, rows in splits.items():
             write_jsonl(tmp / f"{split}.jsonl", rows)
             pq.write_table(to_search_r1(rows, split, cfg.template), tmp / f"{split}.parquet")
-        write_json(tmp / "stats.json", {split: _split_stats(rows) for split, rows in splits.items()})
+        write_json(tmp / "stats.json", {split: split_stats(rows) for split, rows in splits.items()})
     return counts
 
 

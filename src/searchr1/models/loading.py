@@ -14,7 +14,6 @@ from searchr1.io import atomic_path, write_json
 from searchr1.models.micro import build_micro_policy, count_params, train_micro_tokenizer
 from searchr1.models.smollm2 import GGUF_FILE, convert_smollm2
 from searchr1.models.tiny import build_tiny_policy
-from searchr1.prompts import encode_prompt  # noqa: F401  (re-exported: one prompt encoding for SFT and rollout)
 
 log = logging.getLogger(__name__)
 

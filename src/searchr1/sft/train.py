@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from searchr1.io import DataError, atomic_path, iter_jsonl, read_json, write_json, write_jsonl
-from searchr1.models.loading import POLICY_FILE, encode_prompt, load_policy
+from searchr1.models.loading import POLICY_FILE, load_policy
+from searchr1.prompts import encode_prompt
 from searchr1.retrieval.base import Retriever
 from searchr1.rollout.loop import fit_passages
 from searchr1.rollout.types import Sample
