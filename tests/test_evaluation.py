@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from searchr1.config import (
@@ -150,3 +151,29 @@ def test_registry_champion_and_challenger_and_loading_the_champion(project, tmp_
     mlflow.set_tracking_uri(cfg.tracking_uri)
     model, tok = load_policy(f"models:/{name}@champion")
     assert model.config.vocab_size == len(tok)
+
+
+def test_paired_difference_sees_a_gain_that_unpaired_cis_hide():
+    from searchr1.evaluation.metrics import bootstrap_ci, paired_difference
+
+    rng = np.random.default_rng(0)
+    base = (rng.random(200) < 0.4).astype(float)
+    better = base.copy()
+    better[np.flatnonzero(base == 0)[:16]] = 1.0  # +0.08 on the same questions, nothing lost
+    diff = paired_difference(better, base)
+    assert diff["diff"] == pytest.approx(0.08) and diff["ci_low"] > 0
+    lo_better, _ = bootstrap_ci(better)
+    _, hi_base = bootstrap_ci(base)
+    assert lo_better < hi_base  # the two separate CIs overlap: only the paired test shows the gain
+    worse = paired_difference(base, better)
+    assert worse["ci_high"] < 0
+
+
+def test_compare_refuses_different_questions():
+    from searchr1.evaluation.metrics import compare
+
+    rows = lambda ids, em: [{"id": i, "em": em} for i in ids]  # noqa: E731
+    out = compare({"a": rows("xyz", 1.0), "b": rows("xyz", 0.0), "c": rows("xzy", 0.0)}, [("a", "b"), ("a", "missing")])
+    assert list(out) == ["a - b"] and out["a - b"]["diff"] == 1.0
+    with pytest.raises(ValueError, match="different questions"):
+        compare({"a": rows("xyz", 1.0), "c": rows("xzy", 0.0)}, [("a", "c")])

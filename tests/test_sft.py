@@ -190,7 +190,7 @@ def test_short_sft_run_lowers_loss_and_saves_a_loadable_policy(tmp_path):
     assert metrics["examples"] == len(train) == 45
     assert metrics["steps"] == 6 * 6 and logged == list(range(metrics["steps"]))
     curve = metrics["loss_curve"]
-    assert sum(curve[-3:]) / 3 < 0.5 * sum(curve[:3]) / 3, curve
+    assert sum(curve[-3:]) / 3 < sum(curve[:3]) / 3 - 1.0, curve  # down by more than a nat per token
     assert metrics["tokens_per_s"] > 0
     model, tok = load_policy(str(tmp_path / "sft"))
     base_model, _ = load_policy(str(base))
@@ -229,3 +229,27 @@ def test_rejection_source_keeps_only_correct_finished_samples(tmp_path, tokenize
     assert all(k["reward"] == 1.0 for k in kept)
     with pytest.raises(ValueError, match="rollout_fn"):
         run_sft(settings, base, qa, None, tmp_path / "sft2")
+
+
+def test_rag_fraction_adds_retrieve_then_answer_examples_with_evidence_only():
+    docs, two_hop, _ = make_world()
+    retriever = KeywordRetriever(docs)
+    # Single-hop questions (the top passages for the question hold the answer) and two-hop ones (they do not).
+    single = [{"id": f"s{i}", "question": f"Where was {d.title} born?", "golden_answers": [d.contents.split("born in ")[1][:-1]],
+               "metadata": {"gold_queries": [f"{d.title} born"]}} for i, d in enumerate(docs) if d.id.startswith("p")]
+    train = single[:10] + two_hop[:10]
+    plain = build_sft_examples(train, retriever, 3, SFTConfig(query_noise=0.0, skip_hop=0.0), seed=0)
+    mixed = build_sft_examples(train, retriever, 3, SFTConfig(query_noise=0.0, skip_hop=0.0, rag_fraction=1.0), seed=0)
+    rag = [e for e in mixed if e.get("rag")]
+    assert [e for e in mixed if not e.get("rag")] == plain  # the search trajectories are untouched
+    assert rag
+    for e in rag:
+        (prompt, prompt_trainable), (answer, trainable) = e["segments"]
+        assert not prompt_trainable and trainable
+        assert prompt.startswith("Answer the given question using the retrieved information")
+        assert "Doc 1(Title: " in prompt and prompt.rstrip().endswith(e["question"])
+        assert answer == f"<answer> {e['golden_answers'][0]} </answer>"
+        assert contains_answer([Doc("ctx", prompt)], e["golden_answers"])  # never taught to answer without evidence
+    with_evidence = {r["id"] + "#rag" for r, d in zip(train, retriever.search([r["question"] for r in train], 3))
+                     if contains_answer(d, r["golden_answers"])}
+    assert {e["id"] for e in rag} == with_evidence and 0 < len(rag) < len(train)

@@ -130,6 +130,7 @@ class PolicyConfig(Section):
     micro_heads: int = Field(4, ge=1)
     micro_vocab_size: int = Field(4096, ge=256)
     micro_max_positions: int = Field(1024, ge=64)
+    micro_copy_head: bool = True  # a pointer over the context (copy_llama.py); false = plain Llama
     out_dir: str = "models/base"
 
 
@@ -172,6 +173,11 @@ class SFTConfig(Section):
     query_noise: float = Field(0.3, ge=0, le=1, description="Fraction of trajectories with an imperfect first query.")
     skip_hop: float = Field(
         0.5, ge=0, le=1, description="Multi-hop trajectories answering after one search when its passages already hold the answer."
+    )
+    rag_fraction: float = Field(
+        0.0, ge=0, le=1,
+        description="Fraction of questions that also get a retrieve-then-answer example (the rag template), so a "
+        "policy trained from scratch can be scored as the RAG baseline too.",
     )
     warmup_ratio: float = Field(0.05, ge=0, le=1)
     weight_decay: float = Field(0.01, ge=0)

@@ -227,8 +227,8 @@ def evaluate(settings: Settings) -> dict:
     """Score each configured model under each method on the test split; write table, plot, metrics."""
     from searchr1.data.qa import load_qa
     from searchr1.evaluation.harness import evaluate_method
-    from searchr1.evaluation.metrics import aggregate
-    from searchr1.evaluation.report import bar_plot, markdown_table
+    from searchr1.evaluation.metrics import aggregate, compare
+    from searchr1.evaluation.report import bar_plot, comparison_table, markdown_table
     from searchr1.models.loading import load_policy
     from searchr1.retrieval import load_retriever
     from searchr1.rollout.engine import HFEngine
@@ -245,6 +245,7 @@ def evaluate(settings: Settings) -> dict:
     with stage_run(settings.tracking, "evaluate", params={"evaluation": cfg.model_dump()}, inputs=inputs) as run:
         retriever = load_retriever(settings.retrieval, settings.corpus.out_path)
         results: dict[str, dict] = {}
+        scored: dict[str, list[dict]] = {}
         missing = []
         for label in [*cfg.models, "champion"]:
             source = _model_source(settings, label)
@@ -264,21 +265,40 @@ def evaluate(settings: Settings) -> dict:
                     desc=f"{label}/{method}",
                 )
                 results[f"{label}/{method}"] = aggregate(preds, cfg.bootstrap_samples, settings.seed)
+                scored[f"{label}/{method}"] = preds
         summary = {
             "complete": not missing,
             "num_questions": len(items),
             "results": results,
+            "comparisons": compare(scored, _comparison_pairs(cfg), cfg.bootstrap_samples, settings.seed),
         }
         write_json(REPORTS / "eval.json", summary)
-        (REPORTS / "eval.md").write_text(markdown_table(results))
+        (REPORTS / "eval.md").write_text(markdown_table(results) + comparison_table(summary["comparisons"]))
         if results:
             bar_plot(results, REPORTS / "eval.png")
         for label, per in results.items():
             run.log_metrics({f"{label.replace('/', '.')}.{k}": v for k, v in per["average"].items()})
         for f in ("eval.json", "eval.md", "eval.png"):
             run.log_artifact(REPORTS / f)
-        log.info("evaluate: done in %.1fs\n%s", time.time() - started, markdown_table(results))
+        log.info(
+            "evaluate: done in %.1fs\n%s%s", time.time() - started, markdown_table(results),
+            comparison_table(summary["comparisons"]),
+        )
         return summary
+
+
+def _comparison_pairs(cfg) -> list[tuple[str, str]]:
+    """The paper's questions as paired EM differences on the same questions: does each later model
+    (e.g. the RL policy) beat the first one listed (its cold start) under each method, and does
+    search-r1 beat rag and direct, with the same model and with the starting model?"""
+    first, *later = cfg.models
+    pairs = [(f"{model}/{method}", f"{first}/{method}") for model in later for method in cfg.methods]
+    if "search-r1" in cfg.methods:
+        for base in ("rag", "direct"):
+            if base in cfg.methods:
+                pairs += [(f"{model}/search-r1", f"{model}/{base}") for model in cfg.models]
+                pairs += [(f"{model}/search-r1", f"{first}/{base}") for model in later]
+    return pairs
 
 
 def promote(settings: Settings) -> dict:

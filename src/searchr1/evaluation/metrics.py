@@ -22,6 +22,36 @@ def bootstrap_ci(values: Sequence[float], samples: int = 1000, seed: int = 0, le
     return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
 
 
+def paired_difference(
+    a: Sequence[float], b: Sequence[float], samples: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict[str, float]:
+    """Mean of ``a - b`` over the same questions and its paired percentile-bootstrap CI.
+
+    Resampling questions (not each score list separately) is what makes a small gain on the same
+    questions visible: per-question correlation cancels out.
+    """
+    if len(a) != len(b):
+        raise ValueError(f"paired scores must cover the same questions ({len(a)} != {len(b)})")
+    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    lo, hi = bootstrap_ci(diff, samples, seed, level)
+    return {"diff": float(diff.mean()) if len(diff) else float("nan"), "ci_low": lo, "ci_high": hi, "n": float(len(diff))}
+
+
+def compare(
+    predictions: dict[str, list[dict]], pairs: Sequence[tuple[str, str]], samples: int = 1000, seed: int = 0
+) -> dict[str, dict[str, float]]:
+    """EM differences ``"A - B"`` for each (A, B) in ``pairs`` present in ``predictions`` (label -> rows in
+    the same question order), with paired bootstrap CIs."""
+    out = {}
+    for a, b in pairs:
+        if a in predictions and b in predictions:
+            rows_a, rows_b = predictions[a], predictions[b]
+            if [r["id"] for r in rows_a] != [r["id"] for r in rows_b]:
+                raise ValueError(f"{a} and {b} were scored on different questions")
+            out[f"{a} - {b}"] = paired_difference([r["em"] for r in rows_a], [r["em"] for r in rows_b], samples, seed)
+    return out
+
+
 def aggregate(predictions: list[dict], bootstrap_samples: int = 1000, seed: int = 0) -> dict[str, dict[str, float]]:
     """``{dataset: {metric: value}}`` plus ``"average"`` (the paper's unweighted mean over datasets).
 

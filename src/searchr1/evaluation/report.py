@@ -30,6 +30,17 @@ def markdown_table(results: dict[str, dict[str, dict[str, float]]], metric: str 
     return "\n".join(lines) + "\n"
 
 
+def comparison_table(comparisons: dict[str, dict[str, float]]) -> str:
+    """Paired EM differences (see metrics.compare); a CI that excludes 0 is a difference the data shows."""
+    if not comparisons:
+        return ""
+    lines = ["", "| comparison (paired, same questions) | EM difference | 95% CI | shown |", "|---|---|---|---|"]
+    for name, c in comparisons.items():
+        shown = "better" if c["ci_low"] > 0 else "worse" if c["ci_high"] < 0 else "not distinguishable"
+        lines.append(f"| {name} | {c['diff']:+.3f} | [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] | {shown} |")
+    return "\n".join(lines) + "\n"
+
+
 def bar_plot(results: dict[str, dict[str, dict[str, float]]], path: str | Path, metric: str = "em") -> None:
     """Bar chart of the average ``metric`` per row (model, method)."""
     import matplotlib

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+import searchr1.models.copy_llama  # noqa: F401  (registers the micro architecture with AutoModelForCausalLM)
 from searchr1.io import atomic_path, write_json
 from searchr1.models.micro import build_micro_policy, count_params, train_micro_tokenizer
 from searchr1.models.smollm2 import GGUF_FILE, convert_smollm2

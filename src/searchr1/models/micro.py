@@ -58,18 +58,21 @@ def train_micro_tokenizer(
 
 
 def build_micro_policy(cfg, tokenizer):
-    """A randomly initialised Llama model sized by ``cfg.micro_*`` (PolicyConfig), tied embeddings.
-
-    Llama's rotary attention learns copying (induction) quickly, which the cold start needs: entity
-    names go from the question into the query and from a retrieved passage into the answer.
+    """A randomly initialised Llama model sized by ``cfg.micro_*`` (PolicyConfig), tied embeddings,
+    with a copy head when ``cfg.micro_copy_head`` (see copy_llama.py: entity names go from the
+    question into the query and from a retrieved passage into the answer, and a model trained for
+    minutes cannot learn that through its vocabulary alone).
     """
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    from searchr1.models.copy_llama import CopyLlamaConfig, CopyLlamaForCausalLM
 
     if cfg.micro_hidden_size % cfg.micro_heads:
         raise ValueError(
             f"policy.micro_hidden_size={cfg.micro_hidden_size} is not divisible by policy.micro_heads={cfg.micro_heads}"
         )
-    config = LlamaConfig(
+    config_cls, model_cls = (CopyLlamaConfig, CopyLlamaForCausalLM) if cfg.micro_copy_head else (LlamaConfig, LlamaForCausalLM)
+    config = config_cls(
         vocab_size=len(tokenizer),
         hidden_size=cfg.micro_hidden_size,
         intermediate_size=cfg.micro_hidden_size * 8 // 3,  # Llama's SwiGLU ratio
@@ -82,7 +85,7 @@ def build_micro_policy(cfg, tokenizer):
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    model = LlamaForCausalLM(config)
+    model = model_cls(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from searchr1.io import DataError, atomic_path, iter_jsonl, read_json, write_json, write_jsonl
 from searchr1.models.loading import POLICY_FILE, load_policy
-from searchr1.prompts import encode_prompt
+from searchr1.prompts import encode_prompt, format_passages
 from searchr1.retrieval.base import Retriever
 from searchr1.rollout.loop import fit_passages
 from searchr1.rollout.types import Sample
@@ -176,8 +176,12 @@ def run_sft(
         def observe(docs):  # the rollout's own rendering and truncation of retrieved passages
             return fit_passages(tokenizer, docs, rollout.max_obs_tokens)[0]
 
+        def rag_context(docs):  # as the rollout's rag mode renders them
+            return fit_passages(tokenizer, docs, rollout.max_obs_tokens, render=format_passages)[0]
+
         records = build_sft_examples(
-            rows, retriever, settings.retrieval.topk, cfg, seed=settings.seed, template=rollout.template, observe=observe
+            rows, retriever, settings.retrieval.topk, cfg, seed=settings.seed, template=rollout.template,
+            observe=observe, rag_context=rag_context,
         )
         tokenized = [tokenize_example(ex["segments"], tokenizer, max_len) for ex in records]
     else:
@@ -200,6 +204,7 @@ def run_sft(
         examples=len(records),
         coverage=len(records) / len(rows),
         searches_per_example=sum(r["num_searches"] for r in records) / len(records),
+        rag_examples=sum(r.get("rag", False) for r in records),
         re_searched=sum(r.get("re_searched", False) for r in records),
         skipped_hop=sum(r.get("skipped_hop", False) for r in records),
         truncated=sum(len(ids) == max_len for ids, _ in tokenized),

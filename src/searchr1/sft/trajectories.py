@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 from tqdm import tqdm
 
-from searchr1.prompts import information_block, make_prompt
+from searchr1.prompts import ANSWER_CLOSE, ANSWER_OPEN, format_passages, information_block, make_prompt
 from searchr1.retrieval.base import Doc, Retriever
 
 Segment = tuple[str, bool]
@@ -46,6 +46,10 @@ def contains_answer(docs: Sequence[Doc], answers: Sequence[str]) -> bool:
 
 def _full_information(docs: Sequence[Doc]) -> str:
     return information_block([d.contents for d in docs])
+
+
+def _full_context(docs: Sequence[Doc]) -> str:
+    return format_passages([d.contents for d in docs])
 
 
 def perturb_query(query: str, rng: random.Random) -> str | None:
@@ -87,6 +91,7 @@ def build_sft_examples(
     seed: int = 0,
     template: str = "search_r1",
     observe: Callable[[Sequence[Doc]], str] = _full_information,
+    rag_context: Callable[[Sequence[Doc]], str] = _full_context,
 ) -> list[dict]:
     """Search-R1 trajectories for training questions (``cfg`` is SFTConfig).
 
@@ -97,9 +102,15 @@ def build_sft_examples(
     passages already contain the answer. Questions whose final passages lack the answer are dropped:
     the cold start must never teach answering without evidence.
 
+    With probability ``cfg.rag_fraction`` a question also gets a retrieve-then-answer example: the rag
+    template with the top-k passages for the question, then the answer (kept only when those passages
+    hold it). A policy trained from scratch has never seen that template otherwise, and the RAG
+    baseline must be scored with the same model.
+
     ``template`` is the instruction and ``observe(docs)`` renders an information block: pass the
     rollout's own (``rollout.template``, passages fitted to ``rollout.max_obs_tokens``) so that the
-    cold start trains on exactly the text the policy will see when it acts.
+    cold start trains on exactly the text the policy will see when it acts; ``rag_context(docs)``
+    likewise renders the rag template's passages.
     """
     rng = random.Random(seed)
     plans = []
@@ -107,8 +118,9 @@ def build_sft_examples(
         queries = _queries(row)
         noisy = perturb_query(queries[0], rng) if rng.random() < cfg.query_noise else None
         plans.append((row, queries, noisy, rng.random() < cfg.skip_hop))
+    rag_rows = [row for row in qa_rows if rng.random() < cfg.rag_fraction]
     all_queries = [q for _, qs, noisy, _ in plans for q in ([noisy] if noisy else []) + qs]
-    results = _search_all(retriever, all_queries, topk)
+    results = _search_all(retriever, all_queries + [row["question"].strip() for row in rag_rows], topk)
 
     examples = []
     for row, queries, noisy, skip in plans:
@@ -146,6 +158,22 @@ def build_sft_examples(
                 "noisy_query": noisy is not None,
                 "re_searched": re_searched,
                 "skipped_hop": skipped,
+            }
+        )
+    for row in rag_rows:
+        answers = [str(a) for a in row["golden_answers"]]
+        context = rag_context(results[row["question"].strip()])
+        if not mentions(context, answers):
+            continue
+        prompt = make_prompt(row["question"], "rag", context=context)
+        examples.append(
+            {
+                "id": f"{row['id']}#rag",
+                "question": row["question"],
+                "golden_answers": answers,
+                "segments": [(prompt, False), (f"{ANSWER_OPEN} {answers[0]} {ANSWER_CLOSE}", True)],
+                "num_searches": 0,
+                "rag": True,
             }
         )
     return examples

@@ -1,0 +1,124 @@
+"""A Llama with a copy head (pointer-generator, See et al. 2017): the `micro` policy's architecture.
+
+A policy trained from scratch on CPU for minutes cannot learn to copy rare fictional names (the
+entity from the question into the query, the answer from a retrieved passage) through its vocabulary
+alone: those tokens are seen a handful of times and their embeddings barely train. The copy head
+lets it point instead. At each position it attends over every earlier token of the context and mixes
+that attention, scattered onto token ids, with the usual next-token distribution:
+
+    p(token) = g * softmax(lm_head(h))[token] + (1 - g) * sum of attention on positions holding token
+
+The pointer's score for position j adds an induction term, the similarity of the current token to
+the token before j, so that after copying a name's first token the next one is a short step away.
+
+``logits`` are ``log p``, so everything downstream (sampling with temperature/top-p, log-probs for
+RL, cross-entropy for SFT) works unchanged. The head's keys and the context token ids are kept in the
+generation KV cache as one extra layer, so generation stays incremental.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers.cache_utils import DynamicLayer
+from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.models.llama.modeling_llama import LlamaModel
+
+# transformers renamed the cache argument and output field (past_key_values -> cache) in 5.x.
+CACHE_ARG = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
+
+
+class CopyLlamaConfig(LlamaConfig):
+    model_type = "searchr1_copy_llama"
+
+    def __init__(self, copy_head_dim: int = 64, copy_induction_init: float = 4.0, **kwargs):
+        self.copy_head_dim = copy_head_dim
+        self.copy_induction_init = copy_induction_init
+        super().__init__(**kwargs)
+
+
+class CopyLlamaForCausalLM(LlamaForCausalLM):
+    config_class = CopyLlamaConfig
+
+    def __init__(self, config: CopyLlamaConfig):
+        super().__init__(config)
+        d, k = config.hidden_size, config.copy_head_dim
+        self.copy_query = torch.nn.Linear(d, k, bias=False)
+        self.copy_key = torch.nn.Linear(d, k, bias=False)
+        self.copy_gate = torch.nn.Linear(d, 1)  # logit of g, the weight of the vocabulary distribution
+        # Weight of the induction term: how much pointing prefers the token after an earlier copy of
+        # the current token, which is how a multi-token name is copied on after its first token.
+        self.copy_induction = torch.nn.Parameter(torch.tensor([float(config.copy_induction_init)]))  # 1-d: DeepSpeed broadcasts no 0-d tensors
+        self.post_init()
+
+    def _copy_layer(self, cache) -> int:
+        """Index of the cache layer holding copy keys and token ids (one past the decoder layers)."""
+        idx = self.config.num_hidden_layers
+        while len(cache.layers) <= idx:
+            cache.layers.append(DynamicLayer())
+        return idx
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        inputs_embeds=None,
+        labels=None,
+        use_cache=None,
+        logits_to_keep=0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        if input_ids is None:
+            raise ValueError("the copy head needs input_ids (it points at context tokens)")
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        h = out.last_hidden_state  # (B, T, d)
+        keys = self.copy_key(h)[:, None]  # (B, 1, T, k): cache layout (batch, heads, seq, dim)
+        ids = input_ids[:, None, :, None].to(keys.dtype)  # ids < 2**24 are exact in float32
+        cache = getattr(out, CACHE_ARG, None)
+        if cache is not None:
+            keys, ids = cache.update(keys, ids, self._copy_layer(cache))
+        keys, ids = keys[:, 0], ids[:, 0, :, 0].long()  # (B, S, k), (B, S)
+
+        if isinstance(logits_to_keep, int) and logits_to_keep > 0:
+            h = h[:, -logits_to_keep:]
+        steps, width = h.shape[1], keys.shape[1]
+        scores = self.copy_query(h) @ keys.transpose(1, 2) / math.sqrt(self.config.copy_head_dim)  # (B, T, S)
+        # Induction term: cosine(embedding of the current token, embedding of the token before position j).
+        embed = self.model.embed_tokens.weight
+        current = F.normalize(embed[input_ids[:, -steps:]], dim=-1)
+        before = F.normalize(embed[torch.cat([ids[:, :1], ids[:, :-1]], dim=1)], dim=-1)
+        scores = scores + self.copy_induction * (current @ before.transpose(1, 2))
+        query_pos = torch.arange(width - steps, width, device=h.device)
+        context = torch.arange(width, device=h.device)[None, :]
+        allowed = (context <= query_pos[:, None])[None]  # causal
+        if attention_mask is not None:
+            allowed = allowed & attention_mask[:, None, -width:].bool()
+        allowed = allowed | (context == query_pos[:, None])[None]  # itself: a padding row is never all -inf
+        attn = scores.float().masked_fill(~allowed, float("-inf")).softmax(-1)
+        copy = torch.zeros(h.shape[0], steps, self.config.vocab_size, device=h.device, dtype=attn.dtype)
+        copy.scatter_add_(2, ids[:, None, :].expand(-1, steps, -1), attn)
+
+        gate = torch.sigmoid(self.copy_gate(h).float())
+        vocab = self.lm_head(h).float().softmax(-1)
+        probs = gate * vocab + (1 - gate) * copy
+        logits = torch.log(probs + 1e-9)  # the epsilon keeps log finite where both parts are 0
+
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=out.hidden_states, **{CACHE_ARG: cache})
+
+
+AutoConfig.register(CopyLlamaConfig.model_type, CopyLlamaConfig)
+AutoModelForCausalLM.register(CopyLlamaConfig, CopyLlamaForCausalLM)
