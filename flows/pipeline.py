@@ -31,7 +31,8 @@ log = logging.getLogger("searchr1.pipeline")
 
 @flow(name="searchr1-pipeline", log_prints=True)
 def pipeline(params: str = "params.yaml", overrides: list[str] | None = None) -> dict:
-    """world → corpus → qa → index → policy → sft (cold start) → train (RL) → evaluate → promote."""
+    """world → corpus → qa → index → policy → sft (cold start) → train (RL) → evaluate → promote, then
+reports/results.md (EM tables with CIs and RL curves, from every run in the MLflow store)."""
     overrides = list(overrides or [])
     settings = load_settings(params, overrides)
     results: dict[str, dict] = {}
@@ -47,6 +48,8 @@ def pipeline(params: str = "params.yaml", overrides: list[str] | None = None) ->
         results["evaluate"] = t.evaluate(params, overrides)
         if settings.tracking.enabled:
             results["promote"] = t.promote(params, overrides)
+    if settings.tracking.enabled:  # after the parent run closes, so its stage runs are all FINISHED
+        results["report"] = {"path": str(t.report(params, overrides))}
     return results
 
 

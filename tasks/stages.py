@@ -57,3 +57,11 @@ sft = stage_task("sft")
 train = stage_task("train")
 evaluate = stage_task("evaluate", retries=0)
 promote = stage_task("promote", retries=0)
+
+
+@task(name="report")
+def report(params: str = "params.yaml", overrides: list[str] | None = None) -> str:
+    """reports/results.md (+ reports/results/training_curves.png) from every run in the MLflow store."""
+    from searchr1.evaluation.results import write_results
+
+    return str(write_results(load_settings(params, overrides or []).tracking, "reports/results.md", "reports/results"))

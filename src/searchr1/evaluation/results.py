@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from searchr1.config import TrackingConfig
+from searchr1.evaluation.report import comparison_table
 from searchr1.io import atomic_open, atomic_path, read_json
 
 # (MLflow metric key of a train step, axis label)
@@ -174,6 +175,9 @@ def write_results(
                 f"| {em[-1][1] if em else float('nan'):.3f} |"
             )
         parts += ["\n## RL runs\n", "\n".join(finals) + "\n"]
+        for v in variants:
+            if (v.evaluation or {}).get("comparisons"):
+                parts += [f"\n## Paired differences after RL: {v.label}\n", comparison_table(v.evaluation["comparisons"])]
         parts += ["\n## Training curves\n", f"![training curves]({curves.relative_to(out.parent).as_posix()})\n"]
     if timings:
         rows = ["| stage | seconds |", "|---|---|"] + [f"| {k} | {v:.0f} |" for k, v in timings.items()]
