@@ -79,13 +79,17 @@ def _mtimes(path: Path) -> dict:
 
 def test_pipeline_produces_every_stage_output(project):
     path, results = project
-    assert list(results) == ["world", "corpus", "qa", "index", "policy", "sft", "train", "evaluate", "promote"]
-    for out in ("data/qa/train.parquet", "indexes/bm25", "models/base", "models/sft", "models/policy", "reports/eval.md"):
+    assert list(results) == ["world", "corpus", "qa", "index", "policy", "sft", "train", "evaluate", "promote", "report"]
+    outs = ("data/qa/train.parquet", "indexes/bm25", "models/base", "models/sft", "models/policy", "reports/eval.md",
+            "reports/results.md", "reports/results/training_curves.png")
+    for out in outs:
         assert (path / out).exists(), out
     assert results["train"]["steps"] == 2
     assert results["evaluate"]["complete"] is True
     assert set(results["evaluate"]["results"]) >= {"sft/direct", "sft/search-r1", "policy/direct", "policy/search-r1"}
     assert results["promote"]["promoted"] == 1  # the first version becomes champion
+    report = (path / "reports/results.md").read_text()
+    assert "| sft | search-r1 |" in report and "policy/search-r1 - sft/search-r1" in report
 
 
 def test_rerun_skips_unchanged_stages_and_reruns_damaged_ones(project, monkeypatch):

@@ -278,6 +278,7 @@ def evaluate(settings: Settings) -> dict:
             bar_plot(results, REPORTS / "eval.png")
         for label, per in results.items():
             run.log_metrics({f"{label.replace('/', '.')}.{k}": v for k, v in per["average"].items()})
+        run.log_metrics({"seconds": round(time.time() - started, 3)})
         for f in ("eval.json", "eval.md", "eval.png"):
             run.log_artifact(REPORTS / f)
         log.info(
