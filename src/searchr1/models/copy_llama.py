@@ -106,12 +106,10 @@ class CopyLlamaForCausalLM(LlamaForCausalLM):
             allowed = allowed & attention_mask[:, None, -width:].bool()
         allowed = allowed | (context == query_pos[:, None])[None]  # itself: a padding row is never all -inf
         attn = scores.float().masked_fill(~allowed, float("-inf")).softmax(-1)
-        copy = torch.zeros(h.shape[0], steps, self.config.vocab_size, device=h.device, dtype=attn.dtype)
-        copy.scatter_add_(2, ids[:, None, :].expand(-1, steps, -1), attn)
-
         gate = torch.sigmoid(self.copy_gate(h).float())
         vocab = self.lm_head(h).float().softmax(-1)
-        probs = gate * vocab + (1 - gate) * copy
+        # g * vocab + (1 - g) * (attention scattered onto token ids), without a dense copy tensor.
+        probs = (gate * vocab).scatter_add(2, ids[:, None, :].expand(-1, steps, -1), (1 - gate) * attn)
         logits = torch.log(probs + 1e-9)  # the epsilon keeps log finite where both parts are 0
 
         loss = None

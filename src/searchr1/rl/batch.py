@@ -101,14 +101,16 @@ def hidden_or_logits(model: torch.nn.Module, batch: Batch, **kwargs) -> torch.Te
     )
     x = out if isinstance(out, torch.Tensor) else out.logits
     P, R = batch.prompt_len, batch["responses"].shape[1]
-    return x[:, P - 1 : P - 1 + R]
+    start = P - 1 - (batch["input_ids"].shape[1] - x.shape[1])  # x may hold only the last positions
+    return x[:, start : start + R]
 
 
 def forward_logprobs(
     model: torch.nn.Module, batch: Batch, temperature: float = 1.0, with_entropy: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log pi(y_t | y_<t) of each response token (logits / temperature, as sampled), and the entropy."""
-    logits = hidden_or_logits(model, batch).float()
+    # Only the R + 1 last positions predict response tokens: skip the LM head over the prompt.
+    logits = hidden_or_logits(model, batch, logits_to_keep=batch["responses"].shape[1] + 1).float()
     if temperature > 0 and temperature != 1.0:
         logits = logits / temperature
     logp = torch.log_softmax(logits, dim=-1).gather(-1, batch["responses"].unsqueeze(-1)).squeeze(-1)
