@@ -109,9 +109,11 @@ def em_table(variants: list[Variant]) -> str:
         results = (v.evaluation or {}).get("results", {})
         for key, per in results.items():
             model, method = key.split("/", 1)
-            if model in ("policy", "champion"):
-                model = f"{model} (RL: {v.label})"
-            elif key in seen:
+            if model == "policy":
+                model = f"policy (RL: {v.label})"
+            elif model == "champion":  # the registry's champion at that time, whichever run produced it
+                model = "champion (registry)"
+            if model != f"policy (RL: {v.label})" and key in seen:
                 continue
             seen.add(key)
             em, ci = _em_cell(per)
