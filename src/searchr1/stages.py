@@ -273,7 +273,8 @@ def evaluate(settings: Settings) -> dict:
             "comparisons": compare(scored, _comparison_pairs(cfg), cfg.bootstrap_samples, settings.seed),
         }
         write_json(REPORTS / "eval.json", summary)
-        (REPORTS / "eval.md").write_text(markdown_table(results) + comparison_table(summary["comparisons"]))
+        table = markdown_table(results) + comparison_table(summary["comparisons"])
+        (REPORTS / "eval.md").write_text(table)
         if results:
             bar_plot(results, REPORTS / "eval.png")
         for label, per in results.items():
@@ -281,10 +282,7 @@ def evaluate(settings: Settings) -> dict:
         run.log_metrics({"seconds": round(time.time() - started, 3)})
         for f in ("eval.json", "eval.md", "eval.png"):
             run.log_artifact(REPORTS / f)
-        log.info(
-            "evaluate: done in %.1fs\n%s%s", time.time() - started, markdown_table(results),
-            comparison_table(summary["comparisons"]),
-        )
+        log.info("evaluate: done in %.1fs\n%s", time.time() - started, table)
         return summary
 
 
