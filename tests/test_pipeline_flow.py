@@ -1,8 +1,10 @@
 """The Prefect flow runs every real stage end to end on tiny settings, skips unchanged stages, and
 nests all stage runs under one MLflow parent run."""
 
+import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -54,23 +56,29 @@ def write_tiny_project(path: Path, tracking_uri: str | None) -> None:
     (path / "params.yaml").write_text(yaml.safe_dump(params))
 
 
-@pytest.fixture(scope="module")
-def project(harness, tmp_path_factory):
-    """The tiny pipeline, run once for the whole module."""
-    from flows.pipeline import pipeline
-
-    path = tmp_path_factory.mktemp("project")
+@contextlib.contextmanager
+def inside_tiny_project(path: Path) -> Iterator[Path]:
+    """Write a tiny project tracking to its own sqlite store, and work inside it: the working directory
+    and MLFLOW_TRACKING_URI (which would override the project's store) are restored on exit."""
     write_tiny_project(path, f"sqlite:///{path / 'mlflow.db'}")
     old = os.getcwd()
     os.chdir(path)
     saved = os.environ.pop("MLFLOW_TRACKING_URI", None)
     try:
-        results = pipeline(params="params.yaml")
-        yield path, results
+        yield path
     finally:
         os.chdir(old)
         if saved is not None:
             os.environ["MLFLOW_TRACKING_URI"] = saved
+
+
+@pytest.fixture(scope="module")
+def project(harness, tmp_path_factory):
+    """The tiny pipeline, run once for the whole module."""
+    from flows.pipeline import pipeline
+
+    with inside_tiny_project(tmp_path_factory.mktemp("project")) as path:
+        yield path, pipeline(params="params.yaml")
 
 
 def _mtimes(path: Path) -> dict:

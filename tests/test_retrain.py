@@ -17,7 +17,7 @@ import yaml
 from searchr1.config import ConfigError, load_settings
 from searchr1.retrain import RetrainError, launch_command
 from searchr1.tracking import path_hash
-from tests.test_pipeline_flow import TINY_WORLD, write_tiny_project
+from tests.test_pipeline_flow import TINY_WORLD, inside_tiny_project
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,21 +29,12 @@ def project(harness, tmp_path_factory):
     from searchr1 import stages
     from searchr1.data.world import generate_world
 
-    path = tmp_path_factory.mktemp("retrain")
-    write_tiny_project(path, f"sqlite:///{path / 'mlflow.db'}")
-    old = os.getcwd()
-    os.chdir(path)
-    saved = os.environ.pop("MLFLOW_TRACKING_URI", None)
-    try:
+    with inside_tiny_project(tmp_path_factory.mktemp("retrain")) as path:
         settings = load_settings("params.yaml")
         for name in ("world", "corpus", "qa", "index", "policy", "sft"):
             stages.STAGES[name](settings)
         generate_world(settings.world.model_copy(update={"version": 2}), out_dir=path / "drop_v2")
         yield path
-    finally:
-        os.chdir(old)
-        if saved is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = saved
 
 
 def test_transient_failure_is_retried_then_succeeds(project, monkeypatch):
