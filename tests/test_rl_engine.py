@@ -28,3 +28,25 @@ def test_ds_config_stages_offload_and_accumulation():
     # Reference models outside ZeRO-3 are not sharded; offload_param only exists for stage 3.
     two = ds_config(DeepSpeedConfig(zero_stage=2, offload_param=True), 1, train=False)
     assert two["zero_optimization"] == {"stage": 0}
+
+
+def test_a_child_of_a_self_initialised_process_gets_its_own_port():
+    """A process that made itself rank 0 of 1 leaves RANK/MASTER_PORT in its environment; a child (e.g.
+    `dvc repro` -> `searchr1 train`) must not take them for a launcher's and bind the parent's port."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import os, sys; from searchr1.rl.engine import init_distributed; init_distributed(); "
+        "import torch.distributed as d; print('PORT', os.environ['MASTER_PORT'], d.get_world_size()); sys.stdout.flush(); "
+        "import subprocess; subprocess.run([sys.executable, '-c', sys.argv[1]], check=True)"
+    )
+    child = ("import os; from searchr1.rl.engine import init_distributed; init_distributed(); "
+             "import torch.distributed as d; print('PORT', os.environ['MASTER_PORT'], d.get_world_size())")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    out = subprocess.run([sys.executable, "-c", script, child], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [line.split()[1:] for line in out.stdout.splitlines() if line.startswith("PORT ")]
+    (parent_port, parent_world), (child_port, child_world) = lines
+    assert parent_world == child_world == "1" and parent_port != child_port

@@ -51,7 +51,51 @@ def test_generation_stops_right_after_the_stop_string(smol, model):
     gens = engine.generate(ps, 20, sampling, stop=[stop_text])
     assert gens[0].finish_reason == "stop" and gens[0].token_ids == free[:k] and k < 20
     assert stop_text not in smol.decode(free[: k - 1])  # not one token later than needed
-    assert len(gens[1].token_ids) == 20 or gens[1].finish_reason == "stop"  # other rows unaffected
+    # Row 0 left the batch at step k; the other rows' draws do not depend on it.
+    for r in (1, 2):
+        unstopped = engine.generate(ps, 20, sampling, stop=[])[r].token_ids
+        assert gens[r].token_ids == unstopped[: len(gens[r].token_ids)]
+        assert gens[r].finish_reason == "stop" or gens[r].token_ids == unstopped
+
+
+def _copy_head_model(vocab_size):
+    from searchr1.models.copy_llama import CopyLlamaConfig, CopyLlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = CopyLlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
+                             tie_word_embeddings=True, eos_token_id=2)
+    return CopyLlamaForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("kind", ["llama", "copy_head"])
+def test_rows_leaving_the_batch_keep_the_others_exact(smol, kind):
+    """Rows that finish early are dropped from the batch and its KV cache (the copy head's extra cache
+    layer included); every remaining row's log-probs still equal a fresh full forward pass."""
+    model = build_tiny_policy(len(smol), seed=0) if kind == "llama" else _copy_head_model(len(smol))
+    engine, ps = HFEngine(model, smol), prompts(smol)
+    free = engine.generate(ps, 16, SamplingSettings(temperature=1.0, seed=7), stop=[])
+    stop_text = smol.decode(free[1].token_ids[2:4])  # row 1 stops after ~4 tokens
+    gens = engine.generate(ps, 16, SamplingSettings(temperature=1.0, seed=7), stop=[stop_text])
+    assert gens[1].finish_reason == "stop" and len(gens[1].token_ids) <= 4
+    assert max(len(g.token_ids) for g in gens) > len(gens[1].token_ids)  # someone kept going
+    for p, g in zip(ps, gens):
+        torch.testing.assert_close(torch.tensor(g.logprobs), recomputed_logprobs(model, p, g.token_ids),
+                                   atol=1e-4, rtol=1e-4)
+
+
+def test_top_k_and_top_p_restrict_the_draws(smol, model):
+    ps = prompts(smol)
+    greedy = HFEngine(model, smol).generate(ps, 8, SamplingSettings(greedy=True), stop=[])
+    nucleus = HFEngine(model, smol).generate(ps, 8, SamplingSettings(temperature=1.0, top_p=1e-6, seed=1), stop=[])
+    top1 = HFEngine(model, smol).generate(ps, 8, SamplingSettings(temperature=1.0, top_k=1, seed=1), stop=[])
+    assert [g.token_ids for g in nucleus] == [g.token_ids for g in greedy] == [g.token_ids for g in top1]
+    top5 = HFEngine(model, smol).generate(ps, 8, SamplingSettings(temperature=1.0, top_k=5, seed=2), stop=[])
+    for p, g in zip(ps, top5):
+        with torch.no_grad():
+            logits = model(torch.tensor([p + g.token_ids])).logits[0, len(p) - 1 : -1]
+        ranks = (logits > logits.gather(-1, torch.tensor(g.token_ids)[:, None])).sum(-1)
+        assert (ranks < 5).all()
 
 
 def test_eos_ends_generation_and_is_kept(smol):
@@ -120,3 +164,20 @@ def test_vllm_sampling_params_mapping():
     sp = sampling_params(SamplingSettings(temperature=0.8, top_p=0.9, top_k=0, seed=7), 64, ["</search>"])
     assert sp.include_stop_str_in_output and sp.stop == ["</search>"] and sp.logprobs == 0 and sp.seed == 7
     assert sp.max_tokens == 64 and sp.temperature == 0.8
+
+
+def test_sampling_draws_follow_the_filtered_distribution():
+    """Inverse-CDF draws reproduce softmax(logits / T) after top-k/top-p filtering (40k draws, 6 tokens)."""
+    from searchr1.rollout.engine import sample_tokens
+
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, -3.0]]).repeat(40_000, 1)
+    uniform = torch.rand(40_000, generator=torch.Generator().manual_seed(0))
+    for settings, expected in [
+        (SamplingSettings(temperature=0.7), (logits[0] / 0.7).softmax(-1)),
+        (SamplingSettings(temperature=1.0, top_k=3), torch.cat([logits[0, :3].softmax(-1), torch.zeros(3)])),
+        # top_p=0.6: the first token holds 0.56 < 0.6 of the mass, the first two 0.77: keep two
+        (SamplingSettings(temperature=1.0, top_p=0.6), torch.cat([logits[0, :2].softmax(-1), torch.zeros(4)])),
+    ]:
+        logp = torch.log_softmax(logits / settings.temperature, -1)
+        freq = torch.bincount(sample_tokens(logp, settings, uniform), minlength=6).float() / 40_000
+        torch.testing.assert_close(freq, expected, atol=0.01, rtol=0)

@@ -32,14 +32,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# Set beside the rank variables a plain process gives itself: "<pid>:<port>". A child process (dvc repro
+# -> searchr1 train) inherits them all; the marker tells it they are its parent's, not a launcher's.
+_SELF_RANK_MARKER = "SEARCHR1_SELF_RANK"
+
+
+def _launched_by_a_launcher() -> bool:
+    if "RANK" not in os.environ:
+        return False
+    pid, _, port = os.environ.get(_SELF_RANK_MARKER, "").partition(":")
+    inherited = pid and pid != str(os.getpid()) and port == os.environ.get("MASTER_PORT")
+    return not inherited
+
+
 def init_distributed() -> None:
     """Join the process group; a plain ``python`` process becomes rank 0 of a world of 1."""
     if torch.distributed.is_initialized():
         return
-    if "RANK" not in os.environ:  # not launched by deepspeed/torchrun
-        os.environ.update(
-            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0"
-        )
+    if not _launched_by_a_launcher():  # not deepspeed/torchrun: rank 0 of 1 on a free port
+        port = str(_free_port())
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        os.environ[_SELF_RANK_MARKER] = f"{os.getpid()}:{port}"
     backend = "gloo" if get_accelerator().device_name() == "cpu" else get_accelerator().communication_backend_name()
     deepspeed.init_distributed(dist_backend=backend, verbose=False)
 

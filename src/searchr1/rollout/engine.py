@@ -1,7 +1,7 @@
 """Generation engines: token ids in, sampled token ids (+ their log-probs) out, stopping on stop strings.
 
-The rollout talks only to the ``GenerationEngine`` protocol; ``HFEngine`` runs transformers ``generate``
-(CPU or GPU), ``VLLMEngine`` (vllm_engine.py) runs vLLM on GPU.
+The rollout talks only to the ``GenerationEngine`` protocol; ``HFEngine`` decodes with a transformers
+model's forward pass and KV cache (CPU or GPU), ``VLLMEngine`` (vllm_engine.py) runs vLLM on GPU.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
 import torch
+
+from searchr1.models.copy_llama import CACHE_ARG  # the KV-cache keyword of this transformers version
 
 FinishReason = Literal["stop", "eos", "length"]
 
@@ -63,21 +65,61 @@ def cut_at_stop(ids: list[int], tokenizer, stop: Sequence[str], eos_ids: set[int
     return len(ids), "length"
 
 
-class _StopOnStrings:
-    """Per-row stopping criterion: a row is done once its generated tail decodes to text holding a stop string."""
+class _StopWatch:
+    """Per-row stop-string check that decodes only when it could matter.
 
-    def __init__(self, tokenizer, stop: Sequence[str], prompt_width: int):
-        self.tokenizer, self.stop, self.start = tokenizer, list(stop), prompt_width
-        self.window = max(len(s) for s in stop) + 2  # a stop string spans at most len(s) tokens
+    The token that completes a stop string must contain the string's last character, so a row's tail
+    is decoded only on steps whose sampled token can (``candidates[token]``). Tokens that decode alone to
+    the replacement character (pieces of a multi-byte character) are always candidates.
+    """
 
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        tail = input_ids[:, max(self.start, input_ids.shape[1] - self.window) :].tolist()
-        done = [any(s in self.tokenizer.decode(row, skip_special_tokens=False) for s in self.stop) for row in tail]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+    def __init__(self, tokenizer, stop: Sequence[str], vocab_size: int, device: torch.device):
+        self.tokenizer, self.stop = tokenizer, list(stop)
+        self.window = max(len(s) for s in stop) + 2  # a stop string spans at most len(s) tokens (+ merges)
+        last = {s[-1] for s in stop} | {"\ufffd"}
+        n = min(vocab_size, len(tokenizer))
+        pieces = tokenizer.batch_decode([[i] for i in range(n)], skip_special_tokens=False)
+        self.candidates = torch.zeros(vocab_size, dtype=torch.bool)
+        self.candidates[:n] = torch.tensor([any(c in p for c in last) for p in pieces])
+        self.candidates = self.candidates.to(device)
+
+    def hit(self, generated: list[int]) -> bool:
+        tail = self.tokenizer.decode(generated[-self.window :], skip_special_tokens=False)
+        return any(s in tail for s in self.stop)
+
+
+def sample_tokens(logp: torch.Tensor, sampling: SamplingSettings, uniform: torch.Tensor | None) -> torch.Tensor:
+    """Next token per row from ``logp`` (B, V) = log_softmax(logits / temperature): greedy, or top-k ->
+    top-p -> draw.
+
+    The draw is inverse-CDF with one given uniform per row, so a row's tokens depend only on its own
+    uniforms, not on which other rows are still in the batch. (It is also far cheaper than
+    ``torch.multinomial`` on CPU, which takes ~50 ms for 64 rows x 49k tokens.)
+    """
+    if sampling.greedy or sampling.temperature == 0:
+        return logp.argmax(-1)
+    if sampling.top_k and sampling.top_k < logp.shape[-1]:
+        kth = logp.topk(sampling.top_k, dim=-1).values[:, -1:]
+        logp = logp.masked_fill(logp < kth, float("-inf"))
+    probs = logp.exp()
+    if sampling.top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p > sampling.top_p  # mass before a token already covers top_p
+        probs = probs.scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
+    # float32 is enough: each token's interval cdf[i] - cdf[i-1] is off by at most ~1 ulp of 1 (6e-8),
+    # whatever the vocabulary size, because accumulated rounding shifts both ends alike.
+    cdf = probs.cumsum(-1)
+    target = uniform[:, None] * cdf[:, -1:]  # scaled to the row's total: never past the last token
+    return torch.searchsorted(cdf, target, right=True).clamp_max(cdf.shape[-1] - 1)[:, 0]
 
 
 class HFEngine:
-    """transformers ``generate`` over left-padded batches, with stop strings and sampled-token log-probs."""
+    """Batched decoding on a transformers causal LM (CPU or GPU), with stop strings and sampled-token log-probs.
+
+    Its own loop over the model's forward with a KV cache, rather than ``model.generate``: a row that hits a
+    stop string or EOS leaves the batch at once (its cache rows are dropped), so a turn costs the sum of
+    the rows' lengths, not batch size x the longest row.
+    """
 
     def __init__(self, model, tokenizer, max_batch_size: int | None = None):
         self.model, self.tokenizer, self.max_batch_size = model.eval(), tokenizer, max_batch_size
@@ -90,6 +132,7 @@ class HFEngine:
         self.eos_ids = sorted(set(eos))
         # Padding value is irrelevant (attention mask + explicit cuts); never used to derive masks.
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+        self._watches: dict[tuple, _StopWatch] = {}
 
     @property
     def device(self) -> torch.device:
@@ -114,48 +157,69 @@ class HFEngine:
             out.extend(self._generate_batch(prompts[i : i + step], max_new_tokens, sampling, stop, seed))
         return out
 
+    def _watch(self, stop: Sequence[str], vocab_size: int, device: torch.device) -> _StopWatch:
+        key = (tuple(stop), vocab_size, str(device))
+        if key not in self._watches:
+            self._watches[key] = _StopWatch(self.tokenizer, stop, vocab_size, device)
+        return self._watches[key]
+
     @torch.no_grad()
     def _generate_batch(self, prompts, max_new_tokens, sampling, stop, seed) -> list[Generation]:
-        from transformers import GenerationConfig, StoppingCriteriaList
-
         if any(len(p) == 0 for p in prompts):
             raise ValueError("empty prompt")
+        device, n = self.device, len(prompts)
         width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        attn = torch.zeros((len(prompts), width), dtype=torch.long)
+        ids = torch.full((n, width), self.pad_id, dtype=torch.long)
+        attn = torch.zeros((n, width), dtype=torch.long)
         for r, p in enumerate(prompts):  # left padding: every row's next token sits at the same column
             ids[r, width - len(p) :] = torch.tensor(p)
             attn[r, width - len(p) :] = 1
+        ids, attn = ids.to(device), attn.to(device)
+        positions = (attn.cumsum(-1) - 1).clamp_min(0)  # left padding shifts no row's positions
         greedy = sampling.greedy or sampling.temperature == 0
-        gen_kwargs = dict(
-            max_new_tokens=max_new_tokens,
-            do_sample=not greedy,
-            pad_token_id=self.pad_id,
-            eos_token_id=self.eos_ids,
-            return_dict_in_generate=True,
-            output_logits=True,
-        )
-        if not greedy:
-            gen_kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
-        criteria = StoppingCriteriaList([_StopOnStrings(self.tokenizer, stop, width)] if stop else [])
-        device = self.device
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            if seed is not None:
-                torch.manual_seed(seed)
-            res = self.model.generate(
-                input_ids=ids.to(device),
-                attention_mask=attn.to(device),
-                generation_config=GenerationConfig(**gen_kwargs),
-                stopping_criteria=criteria,
+        temperature = 1.0 if greedy else sampling.temperature
+        gen = torch.Generator(device=device)
+        gen.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
+        eos = torch.tensor(self.eos_ids, device=device)
+
+        tokens: list[list[int]] = [[] for _ in range(n)]
+        logprobs: list[list[float]] = [[] for _ in range(n)]
+        reasons: list[FinishReason] = ["length"] * n
+        rows = torch.arange(n, device=device)  # original index of each row still in the batch
+        out = self.model(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=True, logits_to_keep=1)
+        cache, watch = getattr(out, CACHE_ARG), None
+        for t in range(max_new_tokens):
+            logits = out.logits[:, -1].float()
+            if watch is None and stop:
+                watch = self._watch(stop, logits.shape[-1], device)
+            logp = torch.log_softmax(logits / temperature, -1)
+            uniform = None if greedy else torch.rand(n, generator=gen, device=device)[rows]
+            nxt = sample_tokens(logp, sampling, uniform)
+            lp = logp.gather(-1, nxt[:, None])[:, 0]
+            done = torch.isin(nxt, eos)
+            maybe_stop = watch.candidates[nxt] & ~done if watch is not None else None
+            nxt_l, lp_l, rows_l, done_l = nxt.tolist(), lp.tolist(), rows.tolist(), done.tolist()
+            maybe_l = maybe_stop.tolist() if maybe_stop is not None else [False] * len(rows_l)
+            for j, r in enumerate(rows_l):
+                tokens[r].append(nxt_l[j])
+                logprobs[r].append(lp_l[j])
+                if done_l[j]:
+                    reasons[r] = "eos"
+                elif maybe_l[j] and watch.hit(tokens[r]):
+                    reasons[r], done_l[j] = "stop", True
+            if t == max_new_tokens - 1:
+                break
+            keep = [j for j, d in enumerate(done_l) if not d]
+            if not keep:
+                break
+            if len(keep) < len(rows_l):  # finished rows leave the batch, cache included
+                idx = torch.tensor(keep, device=device)
+                cache.batch_select_indices(idx)
+                rows, nxt, attn, positions = rows[idx], nxt[idx], attn[idx], positions[idx]
+            attn = torch.cat([attn, attn.new_ones(len(keep), 1)], dim=1)
+            positions = positions[:, -1:] + 1
+            out = self.model(
+                input_ids=nxt[:, None], attention_mask=attn, position_ids=positions, use_cache=True,
+                **{CACHE_ARG: cache},
             )
-        new = res.sequences[:, width:]
-        temp = 1.0 if greedy else sampling.temperature
-        logits = torch.stack(res.logits, dim=1).float() / temp  # (B, T, V): raw logits of each step
-        lp = torch.log_softmax(logits, dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
-        eos = set(self.eos_ids)
-        gens = []
-        for r in range(len(prompts)):
-            row = new[r].tolist()
-            n, reason = cut_at_stop(row, self.tokenizer, stop, eos)
-            gens.append(Generation(row[:n], lp[r, :n].tolist(), reason))
-        return gens
+        return [Generation(tokens[r], logprobs[r], reasons[r]) for r in range(n)]
