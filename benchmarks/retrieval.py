@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import json
 import os
 import resource
@@ -81,11 +82,11 @@ def serve_baseline(index_dir: str, encoder_path: str, port: int) -> None:
 
 
 @contextlib.contextmanager
-def baseline_server(index_dir: Path, encoder: str):
+def baseline_server(index_dir: Path, encoder: str, threads: int):
     port = free_port()
     cmd = [sys.executable, __file__, "--serve-baseline", str(index_dir), "--encoder", encoder, "--port", str(port)]
     with tempfile.TemporaryFile("w+") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
         try:
             _wait_healthy(proc, f"http://127.0.0.1:{port}", log, 300)
             yield f"http://127.0.0.1:{port}"
@@ -109,18 +110,28 @@ def run_shape(url: str, queries: list[str], clients: int, unique: int, copies: i
     lock = threading.Lock()
     errors: list[str] = []
 
+    host, port = url.removeprefix("http://").split(":")
+
     def client(c: int) -> None:
-        with httpx.Client(timeout=120) as http:
+        # http.client on one keep-alive connection: a lighter load generator than httpx, which matters
+        # when the load generator and the servers share two cores.
+        conn = http.client.HTTPConnection(host, int(port), timeout=120)
+        try:
             for r in range(rounds):
                 start = ((c * rounds) + r) * unique
                 batch = [q for q in queries[start : start + unique] for _ in range(copies)]
+                body = json.dumps({"queries": batch, "topk": 3, "return_scores": True})
                 t0 = time.perf_counter()
-                resp = http.post(f"{url}/retrieve", json={"queries": batch, "topk": 3, "return_scores": True})
+                conn.request("POST", "/retrieve", body, {"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                data = resp.read()
                 dt = time.perf_counter() - t0
-                if resp.status_code != 200 or len(resp.json()["result"]) != len(batch):
-                    errors.append(f"HTTP {resp.status_code}")
+                if resp.status != 200 or len(json.loads(data)["result"]) != len(batch):
+                    errors.append(f"HTTP {resp.status}")
                 with lock:
                     latencies.append(dt)
+        finally:
+            conn.close()
 
     t0 = time.perf_counter()
     threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
@@ -230,15 +241,21 @@ def main() -> None:
     ap.add_argument("--encoder", default="all-MiniLM-L6-v2")
     ap.add_argument("--workdir", default=".cache/bench_retrieval")
     ap.add_argument("--out", help="also write the JSON here")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="OMP/torch threads for the build and both servers (1 avoids spin-wait collapse on a busy CPU)")
+    ap.add_argument("--threads", type=int, default=1, help="OMP/torch threads for the index build")
+    ap.add_argument("--build-backend", default="torch", choices=["torch", "onnx"], help="encoder backend for the build")
+    ap.add_argument("--baseline-threads", default="1,2",
+                    help="one baseline server per thread count; ratios are against the best of them per shape "
+                    "(1 thread wins under concurrent requests, which it encodes in parallel; more win on one big one)")
+    ap.add_argument("--ours-threads", type=int, default=os.cpu_count(),
+                    help="torch/ONNX threads of our servers (default: all cores; ours encodes one batch at a time)")
+    ap.add_argument("--shapes", help="comma-separated load shapes to run (default: all), e.g. '32x1 unique'")
     ap.add_argument("--serve-baseline", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_baseline:
         return serve_baseline(args.serve_baseline, args.encoder, args.port)
 
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by all server subprocesses
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
     if args.agreement:
         import torch
 
@@ -263,9 +280,11 @@ def main() -> None:
     cfg = RetrievalConfig(index_dir=str(work / f"idx_{corpus.stem}"), method="dense", build=["dense"],
                           encoder={"name_or_path": args.encoder}, faiss={"type": "flat", "shard_size": 8192})
     t0 = time.perf_counter()
-    build = build_indexes(cfg, corpus)
+    # The backend does not change the vectors (top-3 agreement 100%, see --agreement), only build speed.
+    build = build_indexes(cfg.model_copy(update={"encoder": cfg.encoder.model_copy(
+        update={"backend": args.build_backend})}), corpus)
     report = {"corpus": str(corpus), "passages": build["docstore"]["count"], "encoder": args.encoder,
-              "threads": args.threads, "cpus": os.cpu_count(), "load_avg_1m_at_start": os.getloadavg()[0],
+              "build_threads": args.threads, "cpus": os.cpu_count(), "load_avg_1m_at_start": os.getloadavg()[0],
               "build": {"dense_flat_s": round(build["dense"]["seconds"], 1), "skipped": build["dense"]["skipped"],
                         "wall_s": round(time.perf_counter() - t0, 1),
                         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}}
@@ -273,16 +292,26 @@ def main() -> None:
 
     shapes: dict = {}
     onnx = cfg.model_copy(update={"encoder": cfg.encoder.model_copy(update={"backend": "onnx"})})
-    with baseline_server(Path(cfg.index_dir), args.encoder) as base_url, \
-            running_server(cfg, corpus, port=0) as ours_url, running_server(onnx, corpus, port=0) as onnx_url:
-        urls = {"baseline": base_url, "ours": ours_url, "ours_onnx": onnx_url}
+    report["threads"] = {"baseline": args.baseline_threads, "ours": args.ours_threads}
+    shape_names = [n.strip() for n in args.shapes.split(",")] if args.shapes else list(SHAPES)
+    with contextlib.ExitStack() as stack:
+        urls = {f"baseline_{t}t": stack.enter_context(baseline_server(Path(cfg.index_dir), args.encoder, int(t)))
+                for t in args.baseline_threads.split(",")}
+        os.environ["OMP_NUM_THREADS"] = str(args.ours_threads)  # read by each server at start-up
+        urls["ours"] = stack.enter_context(running_server(cfg, corpus, port=0))
+        urls["ours_onnx"] = stack.enter_context(running_server(onnx, corpus, port=0))
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
         for url in urls.values():  # warm up all (first-call allocations)
             httpx.post(f"{url}/retrieve", json={"queries": queries[-64:], "topk": 3}, timeout=120)
         offset = 0
         for name, (clients, unique, copies, rounds) in SHAPES.items():
             qs = queries[offset : offset + clients * unique * rounds]
             offset += len(qs)
+            if name not in shape_names:
+                continue
             shapes[name] = {k: run_shape(url, qs, clients, unique, copies, rounds) for k, url in urls.items()}
+            best = max((k for k in urls if k.startswith("baseline")), key=lambda k: shapes[name][k]["qps"])
+            shapes[name]["baseline"] = {**shapes[name][best], "server": best}
             for k in ("ours", "ours_onnx"):
                 shapes[name][f"ratio_{k}"] = round(shapes[name][k]["qps"] / shapes[name]["baseline"]["qps"], 2)
         report["server_peak_rss_mb"] = {k: httpx.get(f"{url}/health").json()["peak_rss_mb"] for k, url in urls.items()}
@@ -291,12 +320,13 @@ def main() -> None:
     if args.out:
         write_json(args.out, report)
     print(json.dumps(report, indent=2))
-    print(f"\n{'shape':<22}{'q/s base':>9}{'torch':>7}{'onnx':>7}{'ratio torch':>12}{'onnx':>6}"
-          f"   p50/p95 ms: base | torch | onnx")
+    bases = [k for k in urls if k.startswith("baseline")]
+    print(f"\n{'shape':<22}" + "".join(f"{k:>13}" for k in bases) + f"{'ours torch':>11}{'ours onnx':>10}"
+          f"{'x best base: torch':>19}{'onnx':>6}   p50/p95 ms: best base | torch | onnx")
     for name, s in shapes.items():
         lat = " | ".join(f"{s[k]['p50_ms']:.0f}/{s[k]['p95_ms']:.0f}" for k in ("baseline", "ours", "ours_onnx"))
-        print(f"{name:<22}{s['baseline']['qps']:>9.1f}{s['ours']['qps']:>7.1f}{s['ours_onnx']['qps']:>7.1f}"
-              f"{s['ratio_ours']:>12.2f}{s['ratio_ours_onnx']:>6.2f}   {lat}")
+        print(f"{name:<22}" + "".join(f"{s[k]['qps']:>13.1f}" for k in bases) + f"{s['ours']['qps']:>11.1f}"
+              f"{s['ours_onnx']['qps']:>10.1f}{s['ratio_ours']:>19.2f}{s['ratio_ours_onnx']:>6.2f}   {lat}")
     for kind in ("hnsw", "ivfpq"):
         a = report["ann"][kind]
         print(f"{kind}: recall@3 vs flat {a['recall@3_vs_flat']:.3f}, build {a['build_s']} s, {a['index_mb']} MB")

@@ -301,7 +301,7 @@ def main() -> None:
     print(f"{'metric':28s}" + "".join(f"{n:>30s}" for n in names))
     for k in keys:
         print(f"{k:28s}" + "".join(f"{results[n].get(k, '-')!s:>30s}" for n in names))
-    print(f"wall s per repeat: " + "; ".join(f"{n} {results[n]['wall_s_all']}" for n in names))
+    print("wall s per repeat: " + "; ".join(f"{n} {results[n]['wall_s_all']}" for n in names))
     print(f"wrote {args.out}")
 
 

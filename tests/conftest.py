@@ -47,6 +47,7 @@ def smol(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_encoder(tmp_path_factory):
     """A random 1-layer BERT with MiniLM's tokenizer: same code path as a real encoder, ~50x faster."""
+    import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     from searchr1.retrieval.encoder import resolve_encoder_path
@@ -55,6 +56,7 @@ def tiny_encoder(tmp_path_factory):
     tok = AutoTokenizer.from_pretrained(resolve_encoder_path("all-MiniLM-L6-v2"))
     cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                      intermediate_size=64, max_position_embeddings=512)
+    torch.manual_seed(0)  # fixed weights: thresholds on what a random encoder retrieves must not be luck
     BertModel(cfg).save_pretrained(path)
     tok.save_pretrained(path)
     return str(path)

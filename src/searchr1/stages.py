@@ -159,9 +159,15 @@ def train(settings: Settings, resume: bool = False) -> dict:
             vllm = VLLMEngine(resolve_model_path(init), r.vllm_tensor_parallel_size, r.vllm_gpu_memory_utilization)
             sync_fn = vllm.update_weights  # the trainer pushes gathered weights after every update
 
+        hf_engine: list[HFEngine] = []  # reused while the module is the same: it keeps its stop-string tables
+
         def engine_for(module):
             # The HF engine generates with the actor module itself (under ZeRO-3 with gathered params).
-            return vllm if vllm is not None else HFEngine(module, tokenizer)
+            if vllm is not None:
+                return vllm
+            if not hf_engine or hf_engine[0].model is not module:
+                hf_engine[:] = [HFEngine(module, tokenizer)]
+            return hf_engine[0]
 
         def rollout_fn(module, requests):
             result = run_rollout(

@@ -145,6 +145,33 @@ def check_dense_meta(meta: dict, enc_cfg: EncoderConfig, faiss_cfg: FaissConfig,
             )
 
 
+def flat_vectors(index: faiss.Index) -> np.ndarray | None:
+    """Zero-copy (ntotal, d) view of a CPU ``IndexFlat``'s vectors (valid while ``index`` lives), else None."""
+    if not isinstance(index, faiss.IndexFlat) or index.metric_type != faiss.METRIC_INNER_PRODUCT or index.ntotal == 0:
+        return None
+    return faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
+
+
+def gemm_flat_search(queries: np.ndarray, vectors: np.ndarray, k: int, block: int = 1 << 18):
+    """Exact inner-product top-k as one matrix product per block of ``block`` vectors (torch BLAS).
+
+    Same results as ``IndexFlatIP.search``; on CPU ~4x faster than FAISS for batches of 64 queries
+    (200k x 384 MiniLM vectors, 2 cores), because FAISS's blocked search spends its time in the top-k
+    bookkeeping. Blocks keep the score matrix at most (queries x block) whatever the corpus size.
+    """
+    import torch
+
+    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+    best_s = torch.full((len(q), 0), float("-inf"))
+    best_i = torch.zeros((len(q), 0), dtype=torch.long)
+    for start in range(0, len(vectors), block):
+        scores = q @ torch.from_numpy(vectors[start : start + block]).T
+        s, i = scores.topk(min(k, scores.shape[1]), dim=1)
+        best_s, order = torch.cat([best_s, s], 1).topk(min(k, best_s.shape[1] + s.shape[1]), dim=1)
+        best_i = torch.cat([best_i, i + start], 1).gather(1, order)
+    return best_s.numpy(), best_i.numpy()
+
+
 class DenseRetriever:
     def __init__(self, dense_dir: str | Path, store: DocStore, enc_cfg: EncoderConfig, faiss_cfg: FaissConfig):
         self.dir = Path(dense_dir)
@@ -165,11 +192,19 @@ class DenseRetriever:
             co.useFloat16, co.shard = True, True  # fp16 halves GPU memory (e5 flat: 62 GB -> 31 GB)
             self.index = faiss.index_cpu_to_all_gpus(self.index, co=co)
         self.encoder = Encoder(enc_cfg)
+        self.flat = flat_vectors(self.index)  # CPU flat index: batches search by GEMM instead
+
+    # Below this many queries FAISS's sequential scan beats a matrix product (15 vs 24 ms for one query).
+    GEMM_MIN_QUERIES = 8
 
     def scored_ids(self, queries: list[str], topk: int) -> list[list[tuple[int, float]]]:
         if not queries:
             return []
-        scores, ids = self.index.search(self.encoder.encode_queries(queries), min(topk, self.index.ntotal))
+        q, k = self.encoder.encode_queries(queries), min(topk, self.index.ntotal)
+        if self.flat is not None and len(queries) >= self.GEMM_MIN_QUERIES:
+            scores, ids = gemm_flat_search(q, self.flat, k)
+        else:
+            scores, ids = self.index.search(q, k)
         return [[(int(i), float(s)) for i, s in zip(ii, ss) if i >= 0] for ii, ss in zip(ids, scores)]
 
     def search(self, queries: list[str], topk: int) -> list[list[Doc]]:
