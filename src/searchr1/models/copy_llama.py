@@ -96,12 +96,12 @@ class CopyLlamaForCausalLM(LlamaForCausalLM):
         scores = self.copy_query(h) @ keys.transpose(1, 2) / math.sqrt(self.config.copy_head_dim)  # (B, T, S)
         # Induction term: cosine(embedding of the current token, embedding of the token before position j).
         embed = self.model.embed_tokens.weight
-        current = F.normalize(embed[input_ids[:, -steps:]], dim=-1)
+        current = F.normalize(F.embedding(input_ids[:, -steps:], embed), dim=-1)
         previous = torch.cat([ids[:, :1], ids[:, :-1]], dim=1)
         if attention_mask is not None:  # the first real token of a left-padded row has no predecessor:
             real = attention_mask[:, -width:].bool()  # itself, as in an unpadded row
             previous = torch.where(torch.cat([real[:, :1], real[:, :-1]], dim=1), previous, ids)
-        before = F.normalize(embed[previous], dim=-1)
+        before = F.normalize(F.embedding(previous, embed), dim=-1)
         scores = scores + self.copy_induction * (current @ before.transpose(1, 2))
         query_pos = torch.arange(width - steps, width, device=h.device)
         context = torch.arange(width, device=h.device)[None, :]
