@@ -187,11 +187,10 @@ class HFEngine:
         reasons: list[FinishReason] = ["length"] * n
         rows = torch.arange(n, device=device)  # original index of each row still in the batch
         out = self.model(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=True, logits_to_keep=1)
-        cache, watch = getattr(out, CACHE_ARG), None
+        cache = getattr(out, CACHE_ARG)
+        watch = self._watch(stop, out.logits.shape[-1], device) if stop else None
         for t in range(max_new_tokens):
             logits = out.logits[:, -1].float()
-            if watch is None and stop:
-                watch = self._watch(stop, logits.shape[-1], device)
             logp = torch.log_softmax(logits / temperature, -1)
             uniform = None if greedy else torch.rand(n, generator=gen, device=device)[rows]
             nxt = sample_tokens(logp, sampling, uniform)
