@@ -8,7 +8,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export DS_ACCELERATOR ?= cpu
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install demo test clean
+.PHONY: install demo test check-world clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,5 +31,16 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q; status=$$?; [ $$status -eq 5 ] && echo "pytest: no tests collected" && exit 0; exit $$status
 
+# The whole pipeline on a second world it was not tuned on (other names, sentences and question
+# phrasings: world.style=2), read as a user's data would come: a jsonl corpus and FlashRAG question
+# files without metadata. Outputs go to $(CHECK_DIR); add e.g. `--set rollout.seed=1` via CHECK_ARGS.
+CHECK_DIR ?= runs/check-world
+CHECK_ARGS ?=
+check-world: install
+	$(BIN)/searchr1 world --set world.style=2 --set world.seed=1 --set world.out_dir=$(CHECK_DIR)/source
+	$(BIN)/searchr1 pipeline --workdir $(CHECK_DIR) --set corpus.source=jsonl --set corpus.path=source/corpus.jsonl \
+	  --set qa.source=flashrag --set qa.flashrag_dir=source/flashrag --set 'qa.train_datasets=[world]' \
+	  --set 'qa.test_datasets=[world]' --set evaluation.question_types=source/question_types.jsonl $(CHECK_ARGS)
+
 clean:
-	rm -rf data indexes models checkpoints reports mlflow.db mlartifacts .prefect .cache
+	rm -rf data indexes models checkpoints reports runs mlflow.db mlartifacts .prefect .cache

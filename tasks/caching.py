@@ -20,9 +20,11 @@ from searchr1.io import read_json, write_json
 from searchr1.tracking import path_hash
 
 LOCK_DIR = Path(".cache/stages")
+ROOT = Path(__file__).resolve().parent.parent  # the project: dvc.yaml and the code under src/
+DVC_FILE = ROOT / "dvc.yaml"
 
 
-def stage_spec(stage: str, dvc_file: str | Path = "dvc.yaml") -> dict[str, Any]:
+def stage_spec(stage: str, dvc_file: str | Path = DVC_FILE) -> dict[str, Any]:
     """The deps/params/outs/metrics that dvc.yaml declares for a stage."""
     stages = yaml.safe_load(Path(dvc_file).read_text())["stages"]
     if stage not in stages:
@@ -43,6 +45,11 @@ def _lookup(settings: dict, dotted: str) -> Any:
     return node
 
 
+def _dep_path(dep: str) -> Path:
+    """Code deps live in the project; data deps in the working folder (``searchr1 pipeline --workdir``)."""
+    return ROOT / dep if dep.startswith("src/") else Path(dep)
+
+
 def _fingerprint(path: str) -> list:
     """Cheap identity of an output (size + mtime of every file), like DVC's state database."""
     p = Path(path)
@@ -56,7 +63,7 @@ def input_key(stage: str, params: str, overrides: list[str]) -> str:
     settings = load_settings(params, overrides).model_dump(mode="json")
     material = {
         "stage": stage,
-        "deps": {d: path_hash(d) for d in _names(spec.get("deps"))},
+        "deps": {d: path_hash(_dep_path(d)) for d in _names(spec.get("deps"))},
         "params": {p: _lookup(settings, p) for p in _names(spec.get("params"))},
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()

@@ -23,3 +23,25 @@ def test_bad_setting_exits_2_with_the_key_named(capsys):
 def test_console_script_is_installed():
     out = subprocess.run([sys.executable, "-m", "searchr1.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "pipeline" in out.stdout
+
+
+def test_profile_applies_over_params_and_under_set(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    profile = tmp_path / "fast.yaml"
+    profile.write_text("train:\n  steps: 7\n  lr: 1.0e-5\nevaluation:\n  methods: [rag]\n")
+    assert main(["config", "--profile", str(profile), "--set", "train.lr=3e-5"]) == 0
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    assert resolved["train"]["steps"] == 7 and resolved["train"]["lr"] == 3e-5  # --set wins over the profile
+    assert resolved["evaluation"]["methods"] == ["rag"]
+
+
+def test_named_profile_is_read_from_profiles_and_a_missing_one_is_a_clear_error(capsys, monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)  # the project root holds profiles/
+    assert main(["config", "--profile", "long"]) == 0
+    assert "steps: 150" in capsys.readouterr().out
+    assert main(["config", "--profile", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "profile 'nope'" in err and "long" in err

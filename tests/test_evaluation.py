@@ -177,3 +177,35 @@ def test_compare_refuses_different_questions():
     assert list(out) == ["a - b"] and out["a - b"]["diff"] == 1.0
     with pytest.raises(ValueError, match="different questions"):
         compare({"a": rows("xyz", 1.0), "c": rows("xzy", 0.0)}, [("a", "c")])
+
+
+def test_breakdown_by_type_and_by_searches_and_paired_differences_per_type():
+    from searchr1.evaluation.metrics import breakdown, compare_by, searches_group, type_group
+    from searchr1.evaluation.report import breakdown_table
+
+    def row(i, em, searches, kind):
+        return {"id": str(i), "em": em, "f1": em, "num_searches": searches, "valid_action_ratio": 1.0, "type": kind}
+
+    cold = [row(0, 0.0, 1, "bridge"), row(1, 0.0, 1, "bridge"), row(2, 1.0, 1, "single"), row(3, 1.0, 5, None)]
+    rl = [row(0, 1.0, 2, "bridge"), row(1, 1.0, 2, "bridge"), row(2, 1.0, 1, "single"), row(3, 0.0, 3, None)]
+    by_type = breakdown(rl, type_group)
+    assert set(by_type) == {"bridge", "single"}  # rows without a type are left out
+    assert by_type["bridge"] == {"n": 2.0, "em": 1.0, "f1": 1.0, "num_searches": 2.0, "valid_action_ratio": 1.0}
+    assert set(breakdown(cold, searches_group)) == {"1", "3+"} and breakdown(rl, searches_group)["2"]["n"] == 2
+    diffs = compare_by({"rl": rl, "cold": cold}, [("rl", "cold")], type_group, samples=200)
+    assert diffs["bridge"]["rl - cold"]["diff"] == 1.0 and diffs["single"]["rl - cold"]["diff"] == 0.0
+    table = breakdown_table({"rl": by_type}, "type")
+    assert "type bridge" in table and "1.000 / 2.00 (2)" in table
+    assert breakdown_table({"rl": {}}, "type") == ""
+
+
+def test_question_types_file_is_validated_with_file_and_line(tmp_path):
+    from searchr1.data.qa import read_question_types
+    from searchr1.io import DataError
+
+    path = tmp_path / "types.jsonl"
+    path.write_text('{"id": "q1", "type": "bridge"}\n{"id": "q2"}\n')
+    with pytest.raises(DataError, match=r"types.jsonl:2"):
+        read_question_types(path)
+    path.write_text('{"id": "q1", "type": "bridge"}\n{"id": 7, "type": "single"}\n')
+    assert read_question_types(path) == {"q1": "bridge", "7": "single"}

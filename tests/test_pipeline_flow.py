@@ -26,7 +26,7 @@ TINY_SETTINGS = {
     "retrieval": {"build": ["bm25"]},
     "policy": {"kind": "tiny", "micro_vocab_size": 512},
     "sft": {"num_examples": 16, "epochs": 1, "batch_size": 8},
-    "rollout": {"max_turns": 1, "max_turn_tokens": 12, "max_obs_tokens": 64},
+    "rollout": {"max_turns": 1, "max_turn_tokens": 40, "max_obs_tokens": 96},
     "train": {
         "algorithm": "grpo",
         "steps": 2,

@@ -99,3 +99,23 @@ def test_value_loss_gradient_is_exactly_zero_on_masked_positions():
     g = hidden["h"].grad.abs().sum(-1)[:, b.prompt_len - 1 : -1]
     assert torch.all(g[b["generated_mask"] == 0] == 0)
     assert torch.all(g[b["generated_mask"] == 1] > 0)
+
+
+def test_a_selected_sub_batch_drops_columns_that_are_padding_in_all_its_rows():
+    b = collate(SAMPLES)
+    sub = b.select([1])  # prompt of 1 token, response of 2
+    assert sub.prompt_len == 1 and sub["input_ids"].tolist() == [[8, 20, 21]]
+    assert sub["loss_mask"].tolist() == [[1, 1]] and sub["token_rewards"].tolist() == [[0, 0.5]]
+    assert sub["position_ids"].tolist() == [[0, 1, 2]]
+    model = build_tiny_policy(32, seed=0, hidden_size=32, layers=2)
+    full, _ = logprobs_of(model, b, micro_batch_size=2)
+    alone, _ = logprobs_of(model, sub, micro_batch_size=1)
+    torch.testing.assert_close(alone[0], full[1, :2], atol=1e-5, rtol=0)
+
+
+def test_split_gives_exactly_the_requested_number_of_length_sorted_parts():
+    samples = [_sample(str(i), [1] * (i % 3 + 1), [2] * (i % 5 + 1), [1] * (i % 5 + 1)) for i in range(7)]
+    parts = collate(samples).split(3)
+    assert [len(p) for p in parts] == [3, 2, 2]
+    lengths = [p["attention_mask"].sum(1).tolist() for p in parts]
+    assert max(lengths[0]) <= min(lengths[1]) and max(lengths[1]) <= min(lengths[2])

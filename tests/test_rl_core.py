@@ -136,3 +136,29 @@ def test_reinforce_pp_returns_skip_observations_and_whiten():
     adv, _ = reinforce_pp_advantages(rewards, mask, gamma=0.5)
     std = math.sqrt(((0.05 - 0.45) ** 2 + (0.3 - 0.45) ** 2 + (1 - 0.45) ** 2) / 2)
     torch.testing.assert_close(adv, T([[(0.05 - 0.45) / std, 0.0, (0.3 - 0.45) / std, 0.55 / std]]))
+
+
+@pytest.mark.parametrize("mode", ["token_mean", "seq_mean"])
+def test_minibatch_loss_does_not_depend_on_the_micro_batch_split(mode):
+    from searchr1.rl.core import Aggregation
+
+    gen = torch.Generator().manual_seed(0)
+    per_token = torch.randn(6, 7, generator=gen)
+    lengths = torch.tensor([1, 7, 3, 2, 6, 4])
+    mask = (torch.arange(7)[None] < lengths[:, None]).float()
+    whole = Aggregation(mode)(per_token, mask)
+    agg = Aggregation.over(mode, mask)
+    for split in ([6], [1, 5], [2, 2, 2], [3, 1, 1, 1]):
+        parts = zip(torch.split(per_token, split), torch.split(mask, split))
+        assert sum(agg(x, m) for x, m in parts).item() == pytest.approx(whole.item(), abs=1e-6)
+    # Per-micro-batch normalisation (the old behaviour) weights short micro-batches up: it differs.
+    per_mb = sum(Aggregation(mode)(x, m) for x, m in zip(torch.split(per_token, [1, 5]), torch.split(mask, [1, 5]))) / 2
+    assert per_mb.item() != pytest.approx(whole.item(), abs=1e-3)
+
+
+def test_informative_rows_keep_only_groups_whose_rewards_differ():
+    from searchr1.rl.grpo import informative_rows
+
+    rewards = T([1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0])
+    groups = ["a", "a", "b", "b", "c", "c", "d"]  # a: all 1, b: mixed, c: all 0, d: alone
+    assert informative_rows(rewards, groups) == [2, 3]

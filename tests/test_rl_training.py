@@ -91,7 +91,7 @@ def test_toy_reward_rises_from_below_02_to_above_08(tmp_path, algorithm, zero_st
     assert all(np.isfinite(m["policy_loss"]) and m["grad_norm"] > 0 for m in history)
 
 
-TIMING_KEYS = {"tokens_per_s", "rollout_time", "sync_time", "step_time"}
+TIMING_KEYS = {"tokens_per_s", "rollout_time", "scoring_time", "update_time", "sync_time", "step_time"}
 
 
 def _final_weights(path) -> dict[str, torch.Tensor]:
@@ -195,3 +195,62 @@ def test_unmasked_ablation_trains_on_retrieved_tokens_and_kl_in_reward_runs(tmp_
     _, history = run_toy(tmp_path, "ppo", 2, steps=3, mask_retrieved=False, mask_critic=False, kl_in_reward=True)
     assert all(np.isfinite(m["value_loss"]) and np.isfinite(m["policy_loss"]) for m in history)
     assert history[0]["kl_loss"] == 0.0  # KL is in the reward, not the loss
+
+
+def test_filter_groups_trains_only_on_groups_whose_rewards_differ(tmp_path):
+    q0_in_step = []
+
+    def rollout(model, items):  # group q0 mixed, every other group all 0: only q0's rows carry signal
+        samples = toy_rollout(model, items)
+        for i, s in enumerate(samples):
+            s.reward = float(s.group_id == "q0" and i % 2 == 0)
+        q0_in_step.append(any(s.group_id == "q0" for s in samples))
+        return samples
+
+    settings = toy_settings(tmp_path, "grpo", 2, steps=2, filter_groups=True, kl_coef=0.0, entropy_coef=0.0)
+    trainer = RLTrainer(settings, build_tiny_policy(VOCAB, seed=0, hidden_size=32, layers=1), None, rollout, toy_items())
+    history = trainer.train()
+    assert sorted(q0_in_step) == [False, True]  # 16 prompts, 8 a step: q0 is in exactly one step
+    for m, has_q0 in zip(history, q0_in_step):
+        assert m["samples_trained"] == (4.0 if has_q0 else 0.0)
+        assert (m["grad_norm"] > 0) == has_q0  # a step with nothing to learn makes no update
+    assert set(history[0]) == set(history[1])  # same keys whether or not a step trained
+
+
+def test_filter_groups_needs_groups(tmp_path):
+    with pytest.raises(ValueError, match="num_generations"):
+        RLTrainer(toy_settings(tmp_path, "grpo", 2, num_generations=1, filter_groups=True),
+                  build_tiny_policy(VOCAB, seed=0, hidden_size=32, layers=1), None, toy_rollout, toy_items())
+
+
+def test_on_policy_step_measures_kl_and_entropy_of_the_sampling_policy(tmp_path):
+    """One epoch of one minibatch skips the separate old-log-prob pass; the logged entropy and KL must
+    still be those of the policy that sampled (measured before its update)."""
+    import copy
+
+    from searchr1.rl.batch import collate, logprobs_of
+    from searchr1.rl.core import kl_penalty, masked_mean
+
+    seen = []
+
+    def rollout(model, items):
+        samples = toy_rollout(model, items)
+        seen.append(samples)
+        return samples
+
+    model = build_tiny_policy(VOCAB, seed=0, hidden_size=32, layers=1)
+    with torch.no_grad():  # a reference that differs from the policy, so the KL is not 0
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    before, reference = copy.deepcopy(model), build_tiny_policy(VOCAB, seed=0, hidden_size=32, layers=1)
+    settings = toy_settings(tmp_path, "grpo", 2, steps=1, minibatch_size=32)  # 8 prompts x 4 = one minibatch
+    trainer = RLTrainer(settings, model, None, rollout, toy_items())
+    trainer.ref = reference
+    [metrics] = trainer.train()
+    batch = collate(seen[0])
+    logp, ent = logprobs_of(before, batch, 32)
+    ref, _ = logprobs_of(reference, batch, 32, with_entropy=False)
+    mask = batch["loss_mask"]
+    assert metrics["entropy"] == pytest.approx(masked_mean(ent, mask).item(), rel=1e-4)
+    assert metrics["kl"] == pytest.approx(masked_mean(kl_penalty(logp, ref, "low_var_kl"), mask).item(), rel=1e-3)
+    assert metrics["kl"] > 0 and metrics["clip_frac"] == 0.0  # ratio exactly 1 on-policy

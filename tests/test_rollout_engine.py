@@ -181,3 +181,35 @@ def test_sampling_draws_follow_the_filtered_distribution():
         logp = torch.log_softmax(logits / settings.temperature, -1)
         freq = torch.bincount(sample_tokens(logp, settings, uniform), minlength=6).float() / 40_000
         torch.testing.assert_close(freq, expected, atol=0.01, rtol=0)
+
+
+def test_repeating_tail_detects_short_blocks_repeated_three_times():
+    from searchr1.rollout.engine import repeating_tail
+
+    assert repeating_tail([7] * 8) and not repeating_tail([7] * 7)  # at least 8 tokens
+    assert repeating_tail([1, 2] * 4) and repeating_tail([9, 1, 2, 3] * 3)
+    assert not repeating_tail([1, 2, 3] * 2 + [1, 2])  # two repeats are not degenerate
+    assert not repeating_tail(list(range(9)) * 3)  # a block longer than max_period
+    assert not repeating_tail([1, 2, 3, 4, 5, 6, 7, 8, 9])
+
+
+def test_a_degenerate_row_is_cut_and_reported_not_run_to_the_limit(smol):
+    model = build_tiny_policy(len(smol), seed=0)
+    with torch.no_grad():
+        model.model.norm.weight.zero_()  # all logits 0: greedy repeats token 0 forever
+    ps, greedy = prompts(smol), SamplingSettings(greedy=True)
+    cut = HFEngine(model, smol).generate(ps, 20, greedy, stop=[])
+    assert [g.finish_reason for g in cut] == ["repeat"] * 3 and all(len(g.token_ids) == 8 for g in cut)
+    full = HFEngine(model, smol, cut_repeats=False).generate(ps, 20, greedy, stop=[])
+    assert [g.finish_reason for g in full] == ["length"] * 3 and [g.token_ids[:8] for g in full] == [g.token_ids for g in cut]
+
+
+def test_rollout_counts_a_repeated_turn_as_invalid(smol):
+    model = build_tiny_policy(len(smol), seed=0)
+    with torch.no_grad():
+        model.model.norm.weight.zero_()
+    item = {"id": "q", "question": "Where is Ostara?", "golden_answers": ["x"]}
+    res = run_rollout(HFEngine(model, smol), smol, [item], None, RolloutConfig(max_turn_tokens=32), greedy=True)
+    [s] = res.samples
+    assert s.truncated["repeat"] == 1 and res.stats["truncated_repeat"] == 1
+    assert s.turns[-1].action == "invalid" and sum(s.response_mask) == 8 and not s.finished

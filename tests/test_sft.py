@@ -16,7 +16,7 @@ from searchr1.models.tiny import build_tiny_policy
 from searchr1.prompts import INFO_OPEN
 from searchr1.retrieval.base import Doc
 from searchr1.sft.train import masked_lm_loss, read_train_rows, run_sft, tokenize_example
-from searchr1.sft.trajectories import build_sft_examples, contains_answer, perturb_query
+from searchr1.sft.trajectories import build_sft_examples, contains_answer, gold_queries, perturb_query
 
 FIRST = ["Zorbak", "Maritsa", "Dunkar", "Ulpy", "Tesri", "Orvane", "Kelmit", "Sabra"]
 LAST = ["Quellin", "Velmor", "Solath", "Grovenka", "Athmora", "Brindle", "Cortesz"]
@@ -60,6 +60,11 @@ def make_world(n_people: int = 40):
     return docs, train, test
 
 
+def gold(rows: list[dict]) -> list[list[str]]:
+    """The generator's gold queries as search paths (sft.source=gold)."""
+    return [gold_queries(r) for r in rows]
+
+
 def flat_text(example: dict) -> str:
     return "".join(text for text, _ in example["segments"])
 
@@ -71,7 +76,7 @@ def turns_text(example: dict) -> str:
 
 def test_examples_follow_search_r1_format_with_real_retrieval():
     docs, train, _ = make_world()
-    ex = build_sft_examples(train, KeywordRetriever(docs), 2, SFTConfig(query_noise=0.0, skip_hop=0.0), seed=0)
+    ex = build_sft_examples(train, gold(train), KeywordRetriever(docs), 2, SFTConfig(query_noise=0.0, skip_hop=0.0), seed=0)
     assert len(ex) == len(train)  # the keyword retriever always finds both facts
     for e in ex:
         segs = e["segments"]
@@ -88,7 +93,7 @@ def test_examples_follow_search_r1_format_with_real_retrieval():
 
 def test_examples_come_only_from_the_given_training_rows():
     docs, train, test = make_world()
-    ex = build_sft_examples(train, KeywordRetriever(docs), 2, SFTConfig(), seed=0)
+    ex = build_sft_examples(train, gold(train), KeywordRetriever(docs), 2, SFTConfig(), seed=0)
     ids = {e["id"] for e in ex}
     assert ids and ids <= {r["id"] for r in train}
     assert not ids & {r["id"] for r in test}
@@ -98,7 +103,7 @@ def test_examples_come_only_from_the_given_training_rows():
 
 def test_imperfect_first_query_leads_to_a_re_search():
     docs, train, _ = make_world()
-    ex = build_sft_examples(train, KeywordRetriever(docs), 1, SFTConfig(query_noise=1.0, skip_hop=0.0), seed=0)
+    ex = build_sft_examples(train, gold(train), KeywordRetriever(docs), 1, SFTConfig(query_noise=1.0, skip_hop=0.0), seed=0)
     re_searched = [e for e in ex if e["re_searched"]]
     assert re_searched, "with top-1 retrieval some imperfect queries must miss"
     for e in re_searched:
@@ -115,16 +120,16 @@ def test_second_hop_is_skipped_only_when_first_passages_hold_the_answer():
             Doc("k", '"Kastrin"\nKastrin is a city founded by Ilsa Marrow.')]
     row = {"id": "t1", "question": "Who founded the birthplace of Ada Pell?", "golden_answers": ["Ilsa Marrow"],
            "metadata": {"gold_queries": ["Ada Pell born", "Kastrin founded"]}}
-    [skip] = build_sft_examples([row], KeywordRetriever(docs), 1, SFTConfig(query_noise=0, skip_hop=1.0))
+    [skip] = build_sft_examples([row], gold([row]), KeywordRetriever(docs), 1, SFTConfig(query_noise=0, skip_hop=1.0))
     assert skip["skipped_hop"] and skip["num_searches"] == 1
-    [full] = build_sft_examples([row], KeywordRetriever(docs), 1, SFTConfig(query_noise=0, skip_hop=0.0))
+    [full] = build_sft_examples([row], gold([row]), KeywordRetriever(docs), 1, SFTConfig(query_noise=0, skip_hop=0.0))
     assert not full["skipped_hop"] and full["num_searches"] == 2
 
 
 def test_questions_whose_answer_is_never_retrieved_are_dropped():
     docs, train, _ = make_world()
     docs = [d for d in docs if not d.id.startswith("c")]  # no city passages: second hop cannot succeed
-    assert build_sft_examples(train, KeywordRetriever(docs), 3, SFTConfig(skip_hop=1.0), seed=0) == []
+    assert build_sft_examples(train, gold(train), KeywordRetriever(docs), 3, SFTConfig(skip_hop=1.0), seed=0) == []
     assert contains_answer([Doc("x", "founded by Ilsa Marrow.")], ["ilsa marrow"])
     assert not contains_answer([Doc("x", "founded by Ilsa Marrowing.")], ["Ilsa Marrow"])
 
@@ -140,7 +145,7 @@ def tokenizer(tmp_path_factory):
 
 def test_information_tokens_get_no_loss_and_no_gradient(tokenizer):
     docs, train, _ = make_world()
-    [ex] = build_sft_examples(train[:1], KeywordRetriever(docs), 2, SFTConfig(query_noise=0, skip_hop=0))
+    [ex] = build_sft_examples(train[:1], gold(train[:1]), KeywordRetriever(docs), 2, SFTConfig(query_noise=0, skip_hop=0))
     ids, mask = tokenize_example(ex["segments"], tokenizer, 1024)
     assert ids[-1] == tokenizer.eos_token_id and mask[-1] == 1
     # Mask 1 exactly on the policy's own turns: decode the masked tokens back to the turn texts.
@@ -209,13 +214,13 @@ def test_rejection_source_keeps_only_correct_finished_samples(tmp_path, tokenize
     base = tmp_path / "base"
     build_tiny_policy(len(tokenizer), seed=0).save_pretrained(base)
     tokenizer.save_pretrained(base)
-    gold = {e["id"]: e for e in build_sft_examples(train, KeywordRetriever(docs), 2, SFTConfig(query_noise=0))}
+    written = {e["id"]: e for e in build_sft_examples(train, gold(train), KeywordRetriever(docs), 2, SFTConfig(query_noise=0))}
 
     def rollout_fn(model, tok, rows):
         out = []
         for r in rows:  # one correct and one wrong sample per question
-            ids, mask = tokenize_example(gold[r["id"]]["segments"], tok, 1024)
-            n = len(tok(gold[r["id"]]["segments"][0][0]).input_ids)
+            ids, mask = tokenize_example(written[r["id"]]["segments"], tok, 1024)
+            n = len(tok(written[r["id"]]["segments"][0][0]).input_ids)
             for reward in (1.0, 0.0):
                 out.append(Sample(uid=f"{r['id']}-{reward}", group_id=r["id"], question=r["question"],
                                   golden_answers=r["golden_answers"], prompt_ids=ids[:n], response_ids=ids[n:],
@@ -238,8 +243,8 @@ def test_rag_fraction_adds_retrieve_then_answer_examples_with_evidence_only():
     single = [{"id": f"s{i}", "question": f"Where was {d.title} born?", "golden_answers": [d.contents.split("born in ")[1][:-1]],
                "metadata": {"gold_queries": [f"{d.title} born"]}} for i, d in enumerate(docs) if d.id.startswith("p")]
     train = single[:10] + two_hop[:10]
-    plain = build_sft_examples(train, retriever, 3, SFTConfig(query_noise=0.0, skip_hop=0.0), seed=0)
-    mixed = build_sft_examples(train, retriever, 3, SFTConfig(query_noise=0.0, skip_hop=0.0, rag_fraction=1.0), seed=0)
+    plain = build_sft_examples(train, gold(train), retriever, 3, SFTConfig(query_noise=0.0, skip_hop=0.0), seed=0)
+    mixed = build_sft_examples(train, gold(train), retriever, 3, SFTConfig(query_noise=0.0, skip_hop=0.0, rag_fraction=1.0), seed=0)
     rag = [e for e in mixed if e.get("rag")]
     assert [e for e in mixed if not e.get("rag")] == plain  # the search trajectories are untouched
     assert rag

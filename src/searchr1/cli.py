@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from searchr1.config import ConfigError, Settings, dump_settings, load_settings
+from searchr1.config import ConfigError, Settings, dump_settings, load_settings, profile_overrides
 from searchr1.errors import SearchR1Error
 
 log = logging.getLogger("searchr1")
@@ -34,6 +34,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="override a setting, e.g. --set train.lr=1e-5 (repeatable; VALUE is YAML)",
+    )
+    p.add_argument(
+        "--profile",
+        default=None,
+        metavar="NAME|FILE",
+        help="a settings profile applied over --params before --set: profiles/NAME.yaml or a YAML file "
+        "holding only the keys it changes (e.g. --profile long)",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
@@ -128,6 +135,21 @@ def _cmd_config(settings: Settings, args: argparse.Namespace) -> None:
     print(dump_settings(settings), end="")
 
 
+def _enter_workdir(args: argparse.Namespace) -> None:
+    """Run a flow with its outputs (data, indexes, models, reports, MLflow store) under ``--workdir``;
+    the flows and the settings file are still read from where the command was started."""
+    if args.workdir is None:
+        return
+    args.params = str(Path(args.params).resolve())
+    Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    os.chdir(args.workdir)
+    log.info("working in %s", Path.cwd())
+
+
+def _workdir_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workdir", default=None, help="folder for all outputs (default: the current folder), e.g. runs/check-world")
+
+
 def _cmd_pipeline(settings: Settings, args: argparse.Namespace) -> None:
     flow_file = Path("flows/pipeline.py")
     if not flow_file.exists():
@@ -135,6 +157,7 @@ def _cmd_pipeline(settings: Settings, args: argparse.Namespace) -> None:
     sys.path.insert(0, str(Path.cwd()))
     from flows.pipeline import pipeline
 
+    _enter_workdir(args)
     pipeline(params=args.params, overrides=args.overrides)
 
 
@@ -148,10 +171,14 @@ def _retrain_flow():
 
 
 def _cmd_retrain(settings: Settings, args: argparse.Namespace) -> None:
-    _retrain_flow().retrain(drop=args.drop, params=args.params, overrides=args.overrides, extend_qa=not args.no_qa)
+    flow = _retrain_flow()
+    args.drop = str(Path(args.drop).resolve())
+    _enter_workdir(args)
+    flow.retrain(drop=args.drop, params=args.params, overrides=args.overrides, extend_qa=not args.no_qa)
 
 
 def _retrain_args(p: argparse.ArgumentParser) -> None:
+    _workdir_args(p)
     p.add_argument("--drop", required=True, help="refresh folder: upserts.jsonl, deletes.txt, qa_train/qa_test.jsonl, or a world v2 folder")
     p.add_argument("--no-qa", action="store_true", help="do not add the drop's questions to the QA sets")
 
@@ -184,7 +211,7 @@ COMMANDS = {
     "ask": ("answer one question with a policy and the retriever, showing reasoning, searches and answer", _cmd_ask, _ask_args),
     "view": ("render a trajectories.jsonl as HTML, retrieved (masked) text marked", _cmd_view, _view_args),
     "results": ("write a results report (EM tables with bootstrap CIs, RL curves) from the MLflow runs", _cmd_results, _results_args),
-    "pipeline": ("run the whole pipeline as a Prefect flow (flows/pipeline.py)", _cmd_pipeline, None),
+    "pipeline": ("run the whole pipeline as a Prefect flow (flows/pipeline.py)", _cmd_pipeline, _workdir_args),
     "retrain": ("one retrain cycle now: refresh corpus, update indexes, train from champion, evaluate, promote", _cmd_retrain, _retrain_args),
     "schedule": ("serve the retrain flow on a cron schedule (needs `prefect server start` + PREFECT_API_URL)", _cmd_schedule, _schedule_args),
     "config": ("print the resolved settings (params.yaml + overrides) and exit", _cmd_config, None),
@@ -218,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     try:
+        if args.profile:  # a profile is a list of overrides, so every driver (flows, tasks, DVC) sees the same
+            args.overrides = profile_overrides(args.profile) + args.overrides
         settings = load_settings(args.params, args.overrides)
         args.handler(settings, args)
     except (SearchR1Error, FileNotFoundError) as exc:

@@ -37,6 +37,10 @@ class WorldConfig(Section):
     num_train_questions: int = Field(3000, ge=1)
     num_test_questions: int = Field(500, ge=1)
     version: int = Field(1, ge=1, description="World version; >1 emits a refreshed world with changed facts.")
+    style: Literal[1, 2] = Field(
+        1, description="Surface forms: 1 is the default world; 2 a check world with the same structure but names, "
+        "passage sentences and question phrasings that style 1 never uses."
+    )
     out_dir: str = "data/world"
 
 
@@ -165,7 +169,18 @@ class SFTConfig(Section):
     """Cold start: SFT on search trajectories built from the knowledge base (retrieved tokens masked)."""
 
     enabled: bool = True
-    source: Literal["gold", "rejection"] = "gold"
+    source: Literal["mined", "gold", "rejection"] = Field(
+        "mined",
+        description="mined: search paths mined from question, answers and corpus (sft/mining.py); gold: the "
+        "generator's metadata.gold_queries (an upper bound that real data cannot give); rejection: correct "
+        "samples of the base policy.",
+    )
+    mine_max_hops: int = Field(3, ge=1, description="Most searches in a mined path.")
+    mine_beam: int = Field(4, ge=1, description="Open paths per question kept at each mining depth.")
+    mine_candidates: int = Field(8, ge=1, description="Follow-up queries tried from each open path.")
+    mine_question_words: bool = Field(
+        True, description="Also try follow-ups of a name plus the question's remaining words."
+    )
     num_examples: int | None = Field(None, ge=1)
     epochs: int = Field(2, ge=1)
     lr: float = Field(1e-3, gt=0)
@@ -210,6 +225,16 @@ class TrainConfig(Section):
     kl_coef: float = Field(0.001, ge=0)
     kl_estimator: Literal["k1", "k3", "low_var_kl"] = "low_var_kl"
     kl_in_reward: bool = False
+    loss_agg: Literal["token_mean", "seq_mean"] = Field(
+        "token_mean",
+        description="Policy/value loss over a minibatch: mean over all its unmasked tokens (verl's token-mean), "
+        "or mean over sequences of each sequence's token mean. Either is independent of the micro-batch split.",
+    )
+    filter_groups: bool = Field(
+        False,
+        description="Train only on groups whose rewards are not all equal (DAPO's dynamic sampling, without "
+        "re-sampling): the others have zero advantage and only dilute the loss and cost time.",
+    )
     clip_range: float = Field(0.2, gt=0)
     clip_range_value: float = Field(0.2, gt=0)
     entropy_coef: float = Field(0.001, ge=0)
@@ -242,6 +267,10 @@ class EvaluationConfig(Section):
     methods: list[Literal["direct", "rag", "search-r1"]] = ["direct", "rag", "search-r1"]
     models: list[str] = Field(default_factory=lambda: ["base", "sft", "policy"])
     max_examples: int | None = Field(None, ge=1)
+    question_types: str | None = Field(
+        None, description="jsonl of {id, type} to break results down by question type when the test rows carry no "
+        "metadata.type (analysis only; never used to train)."
+    )
     batch_size: int = Field(32, ge=1)
     bootstrap_samples: int = Field(1000, ge=0)
     out_dir: str = "reports/eval"
@@ -312,6 +341,33 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node = child
         node[path[-1]] = value
     return data
+
+
+PROFILES_DIR = Path("profiles")
+
+
+def profile_overrides(profile: str | Path) -> list[str]:
+    """The ``KEY=VALUE`` overrides of a profile: ``profiles/<name>.yaml`` or a YAML file, nested like
+    params.yaml and holding only the keys it changes."""
+    path = Path(profile)
+    if not path.exists() and (PROFILES_DIR / f"{profile}.yaml").exists():
+        path = PROFILES_DIR / f"{profile}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")) if PROFILES_DIR.is_dir() else []
+        raise ConfigError(f"profile {profile!r}: no such file (profiles here: {', '.join(known) or 'none'})")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    return [f"{key}={_yaml_scalar(value)}" for key, value in flatten(data).items()]
+
+
+def _yaml_scalar(value: Any) -> str:
+    """``value`` as the one-line YAML an override carries (scalars get no document-end marker)."""
+    text = yaml.safe_dump(value, default_flow_style=True).strip()
+    return text[: -len("...")].strip() if text.endswith("\n...") else text
 
 
 def load_settings(path: str | Path | None = "params.yaml", overrides: list[str] | None = None) -> Settings:

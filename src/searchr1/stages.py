@@ -231,10 +231,10 @@ def _model_source(settings: Settings, label: str) -> str | None:
 
 def evaluate(settings: Settings) -> dict:
     """Score each configured model under each method on the test split; write table, plot, metrics."""
-    from searchr1.data.qa import load_qa
+    from searchr1.data.qa import load_qa, read_question_types
     from searchr1.evaluation.harness import evaluate_method
-    from searchr1.evaluation.metrics import aggregate, compare
-    from searchr1.evaluation.report import bar_plot, comparison_table, markdown_table
+    from searchr1.evaluation.metrics import aggregate, breakdown, compare, compare_by, searches_group, type_group
+    from searchr1.evaluation.report import bar_plot, breakdown_table, comparison_table, markdown_table
     from searchr1.models.loading import load_policy
     from searchr1.retrieval import load_retriever
     from searchr1.rollout.engine import HFEngine
@@ -243,6 +243,12 @@ def evaluate(settings: Settings) -> dict:
     cfg = settings.evaluation
     test_path = Path(settings.qa.out_dir) / "test.jsonl"
     items = load_qa(test_path)
+    if cfg.question_types:  # a separate id -> type file, for data whose rows carry no type (analysis only)
+        types = read_question_types(cfg.question_types)
+        for it in items:
+            kind = types.get(it["id"]) or types.get(it["id"].split("_", 1)[-1])
+            if kind is not None:
+                it["metadata"] = {**it["metadata"], "type": kind}
     if cfg.max_examples is not None and cfg.max_examples < len(items):
         # A seeded sample, not the head: test files are often ordered by question type or dataset.
         items = random.Random(settings.seed).sample(items, cfg.max_examples)
@@ -272,14 +278,25 @@ def evaluate(settings: Settings) -> dict:
                 )
                 results[f"{label}/{method}"] = aggregate(preds, cfg.bootstrap_samples, settings.seed)
                 scored[f"{label}/{method}"] = preds
+        pairs = _comparison_pairs(cfg)
         summary = {
             "complete": not missing,
             "num_questions": len(items),
             "results": results,
-            "comparisons": compare(scored, _comparison_pairs(cfg), cfg.bootstrap_samples, settings.seed),
+            "comparisons": compare(scored, pairs, cfg.bootstrap_samples, settings.seed),
+            # Where the data gives a question type (analysis only), and always by searches made.
+            "by_type": {label: breakdown(rows, type_group) for label, rows in scored.items()},
+            "by_searches": {label: breakdown(rows, searches_group) for label, rows in scored.items()},
+            "comparisons_by_type": compare_by(scored, pairs, type_group, cfg.bootstrap_samples, settings.seed),
         }
+        if not any(summary["by_type"].values()):
+            del summary["by_type"], summary["comparisons_by_type"]
         write_json(REPORTS / "eval.json", summary)
         table = markdown_table(results) + comparison_table(summary["comparisons"])
+        table += breakdown_table(summary.get("by_type", {}), "type")
+        for group, comparisons in summary.get("comparisons_by_type", {}).items():
+            table += f"\nPaired differences on {group} questions:\n" + comparison_table(comparisons)
+        table += breakdown_table(summary["by_searches"], "searches")
         (REPORTS / "eval.md").write_text(table)
         if results:
             bar_plot(results, REPORTS / "eval.png")

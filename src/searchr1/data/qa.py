@@ -68,6 +68,16 @@ def load_qa(path: str | Path) -> list[dict]:
     return rows
 
 
+def read_question_types(path: str | Path) -> dict[str, str]:
+    """``{id: type}`` from a jsonl of ``{"id", "type"}`` rows (a bad row is an error naming file:line)."""
+    types = {}
+    for lineno, row in iter_jsonl(path):
+        if not isinstance(row.get("id"), (str, int)) or not isinstance(row.get("type"), str) or not row["type"]:
+            raise DataError(f"{path}:{lineno}: expected {{\"id\": ..., \"type\": \"...\"}}")
+        types[str(row["id"])] = row["type"]
+    return types
+
+
 def _flashrag_rows(root: Path, dataset: str, split: str) -> Iterator[tuple[str, dict]]:
     for name in SPLIT_FALLBACKS[split]:
         path = root / dataset / f"{name}.jsonl"

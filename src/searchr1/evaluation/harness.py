@@ -97,6 +97,7 @@ def evaluate_method(
                     "num_searches": s.num_searches,
                     "valid_action_ratio": sum(t.action in ("search", "answer") for t in turns) / max(len(turns), 1),
                     "response_tokens": sum(s.response_mask),
+                    "repeated_turns": s.truncated.get("repeat", 0),
                     "latency_s": latency,
                     "finished": s.finished,
                 }

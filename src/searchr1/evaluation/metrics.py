@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 SCORES = ("em", "substring_em", "f1")
-STATS = ("num_searches", "valid_action_ratio", "response_tokens", "latency_s")
+STATS = ("num_searches", "valid_action_ratio", "repeated_turns", "response_tokens", "latency_s")
 
 
 def bootstrap_ci(values: Sequence[float], samples: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
@@ -65,7 +65,7 @@ def aggregate(predictions: list[dict], bootstrap_samples: int = 1000, seed: int 
         rows = by_source[source]
         m: dict[str, float] = {"n": float(len(rows))}
         for key in SCORES + STATS:
-            m[key] = float(np.mean([r[key] for r in rows]))
+            m[key] = float(np.mean([r.get(key, 0.0) for r in rows]))  # rows scored before a stat existed lack it
         lo, hi = bootstrap_ci([r["em"] for r in rows], bootstrap_samples, seed)
         m["em_ci_low"], m["em_ci_high"] = lo, hi
         out[source] = m
@@ -73,4 +73,42 @@ def aggregate(predictions: list[dict], bootstrap_samples: int = 1000, seed: int 
         avg = {key: float(np.mean([m[key] for m in out.values()])) for key in SCORES + STATS}
         avg["n"] = float(sum(m["n"] for m in out.values()))
         out["average"] = avg
+    return out
+
+
+def searches_group(row: dict, cap: int = 3) -> str:
+    """The number of searches a prediction made, as a group name: "0", "1", "2", "3+"."""
+    n = int(row.get("num_searches", 0))
+    return str(n) if n < cap else f"{cap}+"
+
+
+def type_group(row: dict) -> str | None:
+    """A prediction's question type (from the data's metadata, e.g. the world's single/bridge/comparison)."""
+    return row.get("type") or None
+
+
+def breakdown(predictions: list[dict], group_of) -> dict[str, dict[str, float]]:
+    """``{group: {n, em, f1, num_searches, valid_action_ratio}}`` over the predictions ``group_of(row)``
+    puts in a group (rows it maps to None are left out); empty when no row has a group."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for p in predictions:
+        g = group_of(p)
+        if g is not None:
+            groups[g].append(p)
+    return {
+        g: {"n": float(len(rows)), **{k: float(np.mean([r[k] for r in rows])) for k in ("em", "f1", "num_searches", "valid_action_ratio")}}
+        for g, rows in sorted(groups.items())
+    }
+
+
+def compare_by(
+    predictions: dict[str, list[dict]], pairs: Sequence[tuple[str, str]], group_of, samples: int = 1000, seed: int = 0
+) -> dict[str, dict[str, dict[str, float]]]:
+    """``compare`` within each group of questions: ``{group: {"A - B": paired difference}}``."""
+    first = next(iter(predictions.values()), [])
+    groups = sorted({g for r in first if (g := group_of(r)) is not None})
+    out = {}
+    for g in groups:
+        subset = {label: [r for r in rows if group_of(r) == g] for label, rows in predictions.items()}
+        out[g] = compare(subset, pairs, samples, seed)
     return out

@@ -59,3 +59,20 @@ def bar_plot(results: dict[str, dict[str, dict[str, float]]], path: str | Path, 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
+
+
+def breakdown_table(breakdowns: dict[str, dict[str, dict[str, float]]], title: str) -> str:
+    """``breakdowns[row_label][group]`` (see metrics.breakdown) → one row per label; a cell is
+    "EM / searches per question (n)" of that group."""
+    groups = sorted({g for per in breakdowns.values() for g in per})
+    if not groups:
+        return ""
+    header = ["method", *[f"{title} {g}" for g in groups]]
+    lines = ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, per in breakdowns.items():
+        cells = [label]
+        for g in groups:
+            m = per.get(g)
+            cells.append("–" if m is None else f"{m['em']:.3f} / {m['num_searches']:.2f} ({int(m['n'])})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from searchr1.config import TrackingConfig
-from searchr1.evaluation.report import comparison_table
+from searchr1.evaluation.report import breakdown_table, comparison_table
 from searchr1.io import atomic_open, atomic_path, read_json
 
 # (MLflow metric key of a train step, axis label)
@@ -178,8 +178,15 @@ def write_results(
             )
         parts += ["\n## RL runs\n", "\n".join(finals) + "\n"]
         for v in variants:
-            if (v.evaluation or {}).get("comparisons"):
-                parts += [f"\n## Paired differences after RL: {v.label}\n", comparison_table(v.evaluation["comparisons"])]
+            evaluation = v.evaluation or {}
+            if evaluation.get("comparisons"):
+                parts += [f"\n## Paired differences after RL: {v.label}\n", comparison_table(evaluation["comparisons"])]
+            if evaluation.get("by_type"):
+                parts += [f"\n## By question type after RL: {v.label}\n", breakdown_table(evaluation["by_type"], "type")]
+                for group, comparisons in evaluation.get("comparisons_by_type", {}).items():
+                    parts += [f"\nPaired differences on {group} questions:\n", comparison_table(comparisons)]
+            if evaluation.get("by_searches"):
+                parts += [f"\n## By searches made after RL: {v.label}\n", breakdown_table(evaluation["by_searches"], "searches")]
         parts += ["\n## Training curves\n", f"![training curves]({curves.relative_to(out.parent).as_posix()})\n"]
     if timings:
         rows = ["| stage | seconds |", "|---|---|"] + [f"| {k} | {v:.0f} |" for k, v in timings.items()]

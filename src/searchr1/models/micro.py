@@ -15,7 +15,8 @@ PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
 
 
 def _training_texts(corpus_path: str | Path, qa_paths: Sequence[str | Path]) -> Iterator[str]:
-    """Everything the policy will read or write: passages, questions, answers, queries, templates."""
+    """Everything the policy will read or write: passages, questions, answers, templates (search queries
+    are made of their words). Generator metadata such as gold queries is never read."""
     yield from TEMPLATES.values()
     yield INVALID_ACTION_MESSAGE
     for _, row in iter_jsonl(corpus_path):
@@ -24,7 +25,6 @@ def _training_texts(corpus_path: str | Path, qa_paths: Sequence[str | Path]) -> 
         for _, row in iter_jsonl(path):
             yield row.get("question", "")
             yield " ".join(str(a) for a in row.get("golden_answers", []))
-            yield " ".join(str(q) for q in (row.get("metadata") or {}).get("gold_queries", []))
 
 
 def train_micro_tokenizer(

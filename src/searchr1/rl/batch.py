@@ -15,6 +15,9 @@ from searchr1.rl.core import entropy_from_logits
 from searchr1.rollout.types import Sample
 
 
+SEQUENCE_KEYS = ("input_ids", "attention_mask", "position_ids")  # [B, P+R]; every other 2-d tensor is [B, R]
+
+
 @dataclass
 class Batch:
     """Padded tensors (``[B, P+R]`` sequence tensors, ``[B, R]`` response tensors) plus group ids."""
@@ -32,12 +35,38 @@ class Batch:
     def __len__(self) -> int:
         return self.tensors["input_ids"].shape[0]
 
+    @property
+    def response_len(self) -> int:
+        return self.tensors["valid_mask"].shape[1]
+
     def select(self, idx: torch.Tensor | list[int]) -> Batch:
+        """The rows ``idx``, without the columns that are padding in all of them: a sub-batch costs its
+        own longest row, not the whole batch's."""
         idx = torch.as_tensor(idx, dtype=torch.long)
-        return Batch({k: v[idx] for k, v in self.tensors.items()}, self.prompt_len, [self.group_ids[i] for i in idx])
+        rows = {k: v[idx] for k, v in self.tensors.items()}
+        P, R = self.prompt_len, self.response_len
+        p = int(rows["attention_mask"][:, :P].sum(1).max())
+        r = int(rows["valid_mask"].sum(1).max())
+        for k, v in rows.items():
+            if k in SEQUENCE_KEYS:
+                rows[k] = v[:, P - p : P + r]
+            elif v.dim() == 2:  # response-aligned [B, R]
+                rows[k] = v[:, :r]
+        return Batch(rows, p, [self.group_ids[i] for i in idx])
 
     def chunks(self, size: int) -> list[Batch]:
         return [self.select(list(range(i, min(i + size, len(self))))) for i in range(0, len(self), size)]
+
+    def split(self, parts: int) -> list[Batch]:
+        """``parts`` sub-batches of near-equal size with rows grouped by length (less padding; summing
+        gradients over them is the same gradient whatever the grouping)."""
+        order = torch.argsort(self.tensors["attention_mask"].sum(1), stable=True)
+        return [self.select(idx) for idx in torch.tensor_split(order, parts) if len(idx)]
+
+    def length_sorted_chunks(self, size: int) -> list[tuple[torch.Tensor, Batch]]:
+        """(row indices, sub-batch) of rows grouped by length, so little padding is computed."""
+        order = torch.argsort(self.tensors["attention_mask"].sum(1), stable=True)
+        return [(order[i : i + size], self.select(order[i : i + size])) for i in range(0, len(self), size)]
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch({k: v.to(device) for k, v in self.tensors.items()}, self.prompt_len, self.group_ids)
@@ -106,15 +135,20 @@ def hidden_or_logits(model: torch.nn.Module, batch: Batch, **kwargs) -> torch.Te
 
 
 def forward_logprobs(
-    model: torch.nn.Module, batch: Batch, temperature: float = 1.0, with_entropy: bool = True
+    model: torch.nn.Module, batch: Batch, temperature: float = 1.0, with_entropy: bool = True,
+    entropy_grad: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log pi(y_t | y_<t) of each response token (logits / temperature, as sampled), and the entropy."""
+    """log pi(y_t | y_<t) of each response token (logits / temperature, as sampled), and the entropy
+    (with ``entropy_grad=False`` a detached value, for logging, that builds no graph)."""
     # Only the R + 1 last positions predict response tokens: skip the LM head over the prompt.
     logits = hidden_or_logits(model, batch, logits_to_keep=batch["responses"].shape[1] + 1).float()
     if temperature > 0 and temperature != 1.0:
         logits = logits / temperature
     logp = torch.log_softmax(logits, dim=-1).gather(-1, batch["responses"].unsqueeze(-1)).squeeze(-1)
-    entropy = entropy_from_logits(logits) if with_entropy else None
+    entropy = None
+    if with_entropy:
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+            entropy = entropy_from_logits(logits if entropy_grad else logits.detach())
     return logp, entropy
 
 
@@ -124,10 +158,22 @@ def logprobs_of(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``forward_logprobs`` without gradients, in micro-batches; returns ``[B, R]`` (logp, entropy or None)."""
     device = next(model.parameters()).device
-    logps, ents = [], []
-    for mb in batch.chunks(micro_batch_size):
+    logps = torch.zeros(len(batch), batch.response_len)
+    ents = torch.zeros(len(batch), batch.response_len) if with_entropy else None
+    for idx, mb in batch.length_sorted_chunks(micro_batch_size):
         logp, ent = forward_logprobs(model, mb.to(device), temperature, with_entropy)
-        logps.append(logp.cpu())
-        if ent is not None:
-            ents.append(ent.cpu())
-    return torch.cat(logps), (torch.cat(ents) if ents else None)
+        logps[idx, : logp.shape[1]] = logp.cpu()
+        if ents is not None:
+            ents[idx, : ent.shape[1]] = ent.cpu()
+    return logps, ents
+
+
+@torch.no_grad()
+def values_of(critic: torch.nn.Module, batch: Batch, micro_batch_size: int = 8) -> torch.Tensor:
+    """The critic's value of each response position, ``[B, R]``, in length-sorted micro-batches."""
+    device = next(critic.parameters()).device
+    values = torch.zeros(len(batch), batch.response_len)
+    for idx, mb in batch.length_sorted_chunks(micro_batch_size):
+        v = hidden_or_logits(critic, mb.to(device))
+        values[idx, : v.shape[1]] = v.float().cpu()
+    return values

@@ -5,6 +5,8 @@ All per-token tensors are ``[batch, response_len]``; ``mask`` is 1 where a token
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -56,29 +58,59 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits, dim=-1) - (p * logits).sum(-1)
 
 
+@dataclass(frozen=True)
+class Aggregation:
+    """How per-token losses of a micro-batch become its share of the minibatch loss.
+
+    ``token_mean``: sum(l * m) / ``tokens``; ``seq_mean``: sum over rows of each row's token-mean /
+    ``sequences``. With ``tokens``/``sequences`` counted over the whole minibatch (verl's global
+    token-mean), the shares of its micro-batches add up to the minibatch loss, however it is split.
+    None counts this micro-batch alone.
+    """
+
+    mode: str = "token_mean"
+    tokens: float | None = None
+    sequences: float | None = None
+
+    def __call__(self, per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.mode == "token_mean":
+            return masked_sum(per_token, mask) / (mask.sum().clamp(min=1) if self.tokens is None else self.tokens)
+        if self.mode == "seq_mean":
+            rows = (mask.sum(1) > 0).sum().clamp(min=1) if self.sequences is None else self.sequences
+            return masked_mean(per_token, mask, dim=1).sum() / rows
+        raise ValueError(f"loss aggregation {self.mode!r}: expected 'token_mean' or 'seq_mean'")
+
+    @classmethod
+    def over(cls, mode: str, mask: torch.Tensor) -> Aggregation:
+        """Normalise by the tokens and sequences of ``mask``, a whole minibatch's loss mask."""
+        return cls(mode, float(mask.sum().clamp(min=1)), float((mask.sum(1) > 0).sum().clamp(min=1)))
+
+
 def clipped_policy_loss(
-    logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, clip: float
+    logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, clip: float,
+    agg: Aggregation = Aggregation(),
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """L = token-mean(max(-A r, -A clip(r, 1-c, 1+c))), r = exp(logp - old); returns (L, clip_frac, approx_kl)."""
+    """L = agg(max(-A r, -A clip(r, 1-c, 1+c))), r = exp(logp - old); returns (L, clip_frac, approx_kl)."""
     log_ratio = logp - old_logp
     ratio = torch.exp(log_ratio)
     loss1 = -adv * ratio
     loss2 = -adv * ratio.clamp(1.0 - clip, 1.0 + clip)
-    loss = masked_mean(torch.maximum(loss1, loss2), mask)
+    loss = agg(torch.maximum(loss1, loss2), mask)
     with torch.no_grad():
-        clip_frac = masked_mean((loss2 > loss1).float(), mask)
-        approx_kl = masked_mean(-log_ratio, mask)
+        clip_frac = agg((loss2 > loss1).float(), mask)
+        approx_kl = agg(-log_ratio, mask)
     return loss, clip_frac, approx_kl
 
 
 def value_loss(
-    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip: float
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip: float,
+    agg: Aggregation = Aggregation(),
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """L = 0.5 token-mean(max((v - R)^2, (old + clip(v - old, -c, c) - R)^2)); returns (L, clip_frac)."""
+    """L = 0.5 agg(max((v - R)^2, (old + clip(v - old, -c, c) - R)^2)); returns (L, clip_frac)."""
     clipped = old_values + (values - old_values).clamp(-clip, clip)
     loss1 = (values - returns) ** 2
     loss2 = (clipped - returns) ** 2
-    loss = 0.5 * masked_mean(torch.maximum(loss1, loss2), mask)
+    loss = 0.5 * agg(torch.maximum(loss1, loss2), mask)
     with torch.no_grad():
-        clip_frac = masked_mean((loss2 > loss1).float(), mask)
+        clip_frac = agg((loss2 > loss1).float(), mask)
     return loss, clip_frac

@@ -28,3 +28,13 @@ def group_advantages(
         mean, std = (r.mean(), r.std()) if len(idx) > 1 else (r.new_tensor(0.0), r.new_tensor(1.0))
         adv[idx] = (r - mean) / (std + eps) if norm_by_std else r - mean
     return adv
+
+
+def informative_rows(rewards: torch.Tensor, group_ids: list[str]) -> list[int]:
+    """Rows of the groups whose rewards are not all equal: every other group has zero advantage
+    (DAPO's dynamic-sampling filter)."""
+    members: dict[str, list[int]] = defaultdict(list)
+    for i, g in enumerate(group_ids):
+        members[g].append(i)
+    keep = [idx for idx in members.values() if len(idx) > 1 and bool((rewards[idx] != rewards[idx[0]]).any())]
+    return sorted(i for idx in keep for i in idx)

@@ -23,10 +23,10 @@ from searchr1.config import Settings
 from searchr1.errors import SearchR1Error
 from searchr1.io import atomic_path, read_json, write_json
 from searchr1.rl import engine as E
-from searchr1.rl.batch import Batch, collate, forward_logprobs, hidden_or_logits, logprobs_of
-from searchr1.rl.core import clipped_policy_loss, kl_penalty, masked_mean, value_loss
+from searchr1.rl.batch import Batch, collate, forward_logprobs, hidden_or_logits, logprobs_of, values_of
+from searchr1.rl.core import Aggregation, clipped_policy_loss, kl_penalty, masked_mean, value_loss
 from searchr1.rl.critic import build_critic
-from searchr1.rl.grpo import group_advantages
+from searchr1.rl.grpo import group_advantages, informative_rows
 from searchr1.rl.guard import CollapseGuard
 from searchr1.rl.ppo import compute_gae
 from searchr1.rl.reinforce_pp import reinforce_pp_advantages
@@ -91,6 +91,8 @@ class RLTrainer:
                 f"train.prompts_per_step x train.num_generations = {batch_size} samples per step must be "
                 f"divisible by train.minibatch_size={cfg.minibatch_size}"
             )
+        if cfg.filter_groups and cfg.num_generations < 2:
+            raise ValueError("train.filter_groups needs groups: set train.num_generations >= 2")
         self.micro_batch_size = cfg.minibatch_size // gas
         self.temperature = settings.rollout.temperature if settings.rollout.temperature > 0 else 1.0
         self.tokenizer, self.rollout_fn, self.items = tokenizer, rollout_fn, items
@@ -155,9 +157,23 @@ class RLTrainer:
         # 2. Rewards are in Sample.reward; collate and score every response token under the
         #    CURRENT actor (never the rollout engine's log-probs), the reference, and the critic.
         batch = collate(samples, mask_retrieved=cfg.mask_retrieved).to(self.device)
+        rewards = batch["rewards"]
+        if cfg.filter_groups:
+            # DAPO's dynamic sampling, without re-sampling: a group whose rewards are all equal has zero
+            # advantage, so it only dilutes the loss and costs scoring and update time.
+            keep = informative_rows(rewards, batch.group_ids)
+            batch = batch.select(keep) if keep else None
+        gas = cfg.deepspeed.gradient_accumulation_steps
+        if batch is None or len(batch) < gas:
+            return self._finish_step(samples, rewards, None, {}, t0, t_rollout, 0.0, 0.0)
+        # One epoch of one minibatch is on-policy: the old policy is the current one, so its log-probs
+        # come from the update's own forward pass (ratio 1, as verl does) instead of a separate pass.
+        on_policy = cfg.ppo_epochs == 1 and len(self._minibatches(len(batch), 0)) == 1 and not self.kl_in_reward
         self.actor.eval()
-        old_logp, entropy = logprobs_of(self.actor, batch, self.micro_batch_size, self.temperature)
-        batch["old_logp"] = old_logp.to(self.device)
+        entropy = None
+        if not on_policy:
+            old_logp, entropy = logprobs_of(self.actor, batch, self.micro_batch_size, self.temperature)
+            batch["old_logp"] = old_logp.to(self.device)
         mask = batch["loss_mask"]
         critic_mask = batch["generated_mask"] if cfg.mask_critic else batch["valid_mask"]
         token_rewards = batch["token_rewards"]
@@ -165,14 +181,15 @@ class RLTrainer:
         if self.ref is not None:
             ref_logp, _ = logprobs_of(self.ref, batch, self.micro_batch_size, self.temperature, with_entropy=False)
             batch["ref_logp"] = ref_logp.to(self.device)
-            kl = masked_mean(kl_penalty(batch["old_logp"], batch["ref_logp"], cfg.kl_estimator), mask)
+            if not on_policy:
+                kl = masked_mean(kl_penalty(batch["old_logp"], batch["ref_logp"], cfg.kl_estimator), mask)
             if self.kl_in_reward:  # per-token k1 penalty, an unbiased reward shaping term
                 token_rewards = token_rewards - cfg.kl_coef * kl_penalty(batch["old_logp"], batch["ref_logp"], "k1") * mask
 
         # 3. Advantages.
         if cfg.algorithm == "ppo":
             self.critic.eval()
-            batch["old_values"] = self._values(batch)
+            batch["old_values"] = values_of(self.critic, batch, self.micro_batch_size).to(self.device)
             batch["advantages"], batch["returns"] = compute_gae(
                 token_rewards, batch["old_values"], critic_mask, cfg.gamma, cfg.lam
             )
@@ -184,72 +201,100 @@ class RLTrainer:
             batch["advantages"], _ = reinforce_pp_advantages(token_rewards, mask, cfg.gamma)
 
         # 4. ppo_epochs passes of shuffled minibatch updates.
+        t_update = time.perf_counter()
         self._set_lr()
         stats = self._update(batch)
+        t_update = time.perf_counter() - t_update
 
         # 5. Weight sync to the rollout engine.
         t_sync = time.perf_counter()
         self._sync_weights()
         t_sync = time.perf_counter() - t_sync
+        if not on_policy:  # else the update measured them on the same rows
+            stats |= {"kl": kl.item(), "entropy": masked_mean(entropy.to(self.device), mask).item()}
+        return self._finish_step(samples, rewards, batch, stats, t0, t_rollout, t_update, t_sync)
 
-        # 6. Metrics.
+    def _finish_step(self, samples: list[Sample], rewards: torch.Tensor, batch: Batch | None, stats: dict,
+                     t0: float, t_rollout: float, t_update: float, t_sync: float) -> dict[str, float]:
+        """Advance the step counter and return the step's metrics (rewards over every sample; losses,
+        KL and entropy over the rows that were trained on)."""
+        cfg = self.cfg
         self.step += 1
         step_time = time.perf_counter() - t0
-        n_tokens = batch["valid_mask"].sum().item()
+        trained = len(batch) if batch is not None else 0
         searches = sum(s.num_searches for s in samples)
-        rewards = batch["rewards"]
-        metrics = {
+        n_tokens = sum(len(s.response_ids) for s in samples)
+        # Every step logs the same keys (DVC plots read rows alike): 0 where no row was trained on.
+        untrained = ("kl", "entropy", "policy_loss", "kl_loss", "clip_frac", "approx_kl", "grad_norm")
+        untrained += ("value_loss", "value_clip_frac") if self.critic is not None else ()
+        return {
             "reward_mean": rewards.mean().item(),
             "reward_std": rewards.std().item() if len(rewards) > 1 else 0.0,
             "score": (rewards >= 1).float().mean().item(),
-            "kl": kl.item(),
-            "entropy": masked_mean(entropy.to(self.device), mask).item(),
+            **dict.fromkeys(untrained, 0.0),
             **stats,
             "lr": self._lr(cfg.lr),
-            "response_length": batch["valid_mask"].sum(1).mean().item(),
-            "generated_length": batch["generated_mask"].sum(1).mean().item(),
+            "samples_trained": float(trained),
+            "response_length": n_tokens / len(samples),
+            "generated_length": sum(sum(s.response_mask) for s in samples) / len(samples),
             "searches_per_sample": searches / len(samples),
             "valid_search_ratio": searches / max(1, searches + sum(s.num_invalid for s in samples)),
             "finished_ratio": sum(s.finished for s in samples) / len(samples),
             "tokens_per_s": n_tokens / step_time,
             "rollout_time": t_rollout,
+            "scoring_time": step_time - t_rollout - t_update - t_sync,  # old/reference log-probs, values, advantages
+            "update_time": t_update,
             "sync_time": t_sync,
             "step_time": step_time,
             "data_epoch": float(self.data_epoch),
         }
-        return metrics
 
-    def _values(self, batch: Batch) -> torch.Tensor:
-        with torch.no_grad():
-            return torch.cat([hidden_or_logits(self.critic, mb) for mb in batch.chunks(self.micro_batch_size)])
+    def _minibatches(self, n_rows: int, epoch: int) -> list[list[int]]:
+        """Shuffled row indices in minibatches of about ``train.minibatch_size`` (fewer rows than a full
+        batch when groups were filtered), each with at least one row per gradient-accumulation step."""
+        cfg, gas = self.cfg, self.cfg.deepspeed.gradient_accumulation_steps
+        # Shuffle from (seed, step, epoch) alone, so a resumed run shuffles identically.
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step * 1009 + epoch)
+        perm = torch.randperm(n_rows, generator=gen)
+        n = max(1, min(round(n_rows / cfg.minibatch_size), n_rows // gas))
+        return [part.tolist() for part in torch.tensor_split(perm, n)]
 
     def _update(self, batch: Batch) -> dict[str, float]:
-        cfg, sums, count = self.cfg, {}, 0
+        """``ppo_epochs`` passes of minibatch updates. A minibatch is exactly ``gas`` micro-batches, so it
+        ends on one optimizer step, and its loss is aggregated over the whole minibatch (``train.loss_agg``)
+        whatever the micro-batch split: DeepSpeed divides each micro-batch loss by gas, we multiply back."""
+        cfg, sums, n_minibatches = self.cfg, {}, 0
+        gas = cfg.deepspeed.gradient_accumulation_steps
         critic_key = "generated_mask" if cfg.mask_critic else "valid_mask"
         self.actor.train()
         if self.critic is not None:
             self.critic.train()
         for epoch in range(cfg.ppo_epochs):
-            # Shuffle from (seed, step, epoch) alone, so a resumed run shuffles identically.
-            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step * 1009 + epoch)
-            perm = torch.randperm(len(batch), generator=gen).tolist()
-            for start in range(0, len(batch), cfg.minibatch_size):
-                minibatch = batch.select(perm[start : start + cfg.minibatch_size])
-                for mb in minibatch.chunks(self.micro_batch_size):
+            for rows in self._minibatches(len(batch), epoch):
+                minibatch = batch.select(rows)
+                agg = Aggregation.over(cfg.loss_agg, minibatch["loss_mask"])
+                critic_agg = Aggregation.over(cfg.loss_agg, minibatch[critic_key])
+                stats: dict[str, float] = {}
+                for mb in minibatch.split(gas):
                     m = mb["loss_mask"]
+                    on_policy = "old_logp" not in mb.tensors
                     # The full-vocabulary entropy is costly: build its graph only when it is in the loss.
-                    logp, ent = forward_logprobs(self.actor, mb, self.temperature, with_entropy=cfg.entropy_coef > 0)
+                    logp, ent = forward_logprobs(
+                        self.actor, mb, self.temperature, with_entropy=cfg.entropy_coef > 0 or on_policy,
+                        entropy_grad=cfg.entropy_coef > 0,
+                    )
+                    old_logp = logp.detach() if on_policy else mb["old_logp"]
                     pg_loss, clip_frac, approx_kl = clipped_policy_loss(
-                        logp, mb["old_logp"], mb["advantages"], m, cfg.clip_range
+                        logp, old_logp, mb["advantages"], m, cfg.clip_range, agg
                     )
                     loss = pg_loss
-                    if ent is not None:
-                        loss = loss - cfg.entropy_coef * masked_mean(ent, m)
+                    if cfg.entropy_coef > 0:
+                        loss = loss - cfg.entropy_coef * agg(ent, m)
                     kl_loss = torch.zeros(())
                     if self.use_kl_loss:
-                        kl_loss = masked_mean(kl_penalty(logp, mb["ref_logp"], cfg.kl_estimator), m)
+                        kl_loss = agg(kl_penalty(logp, mb["ref_logp"], cfg.kl_estimator), m)
                         loss = loss + cfg.kl_coef * kl_loss
-                    self.actor.backward(loss)
+                    self.actor.backward(loss * gas)
                     self.actor.step()
                     step_stats = {
                         "policy_loss": pg_loss.item(),
@@ -257,23 +302,26 @@ class RLTrainer:
                         "clip_frac": clip_frac.item(),
                         "approx_kl": approx_kl.item(),
                     }
+                    if on_policy:  # the sampling policy's KL and entropy, measured by this very pass
+                        with torch.no_grad():
+                            step_stats["entropy"] = agg(ent, m).item()
+                            if "ref_logp" in mb.tensors:
+                                step_stats["kl"] = agg(kl_penalty(old_logp, mb["ref_logp"], cfg.kl_estimator), m).item()
                     if self.critic is not None:
                         values = hidden_or_logits(self.critic, mb)
                         v_loss, v_clip = value_loss(
-                            values, mb["old_values"], mb["returns"], mb[critic_key], cfg.clip_range_value
+                            values, mb["old_values"], mb["returns"], mb[critic_key], cfg.clip_range_value, critic_agg
                         )
-                        self.critic.backward(v_loss)
+                        self.critic.backward(v_loss * gas)
                         self.critic.step()
                         step_stats |= {"value_loss": v_loss.item(), "value_clip_frac": v_clip.item()}
-                    for k, v in step_stats.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    count += 1
-                # Every minibatch is exactly gas micro-batches, so each ends on an optimizer step.
-                sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(self.actor.get_global_grad_norm() or 0.0)
-        n_minibatches = cfg.ppo_epochs * -(-len(batch) // cfg.minibatch_size)
-        out = {k: v / count for k, v in sums.items() if k != "grad_norm"}
-        out["grad_norm"] = sums["grad_norm"] / n_minibatches
-        return out
+                    for k, v in step_stats.items():  # micro-batch shares add up to the minibatch's value
+                        stats[k] = stats.get(k, 0.0) + v
+                stats["grad_norm"] = float(self.actor.get_global_grad_norm() or 0.0)
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                n_minibatches += 1
+        return {k: v / max(n_minibatches, 1) for k, v in sums.items()}
 
     def _sync_weights(self) -> None:
         """Push new weights to an external rollout engine; the HF engine shares the actor module."""

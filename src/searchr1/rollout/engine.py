@@ -14,7 +14,7 @@ import torch
 
 from searchr1.models.copy_llama import CACHE_ARG  # the KV-cache keyword of this transformers version
 
-FinishReason = Literal["stop", "eos", "length"]
+FinishReason = Literal["stop", "eos", "length", "repeat"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,22 @@ def cut_at_stop(ids: list[int], tokenizer, stop: Sequence[str], eos_ids: set[int
     if eos_at is not None:
         return eos_at + 1, "eos"
     return len(ids), "length"
+
+
+def repeating_tail(tokens: Sequence[int], min_repeats: int = 3, max_period: int = 8, min_tokens: int = 8) -> bool:
+    """Whether ``tokens`` end in a block of 1..``max_period`` tokens repeated ``min_repeats`` times in a row
+    (and at least ``min_tokens`` tokens long): a degenerate turn ("herehereherehere") that would
+    otherwise run to the token limit."""
+    n = len(tokens)
+    if n < min_tokens or tokens[-1] not in tokens[-1 - max_period : -1]:
+        return False
+    for period in range(1, max_period + 1):
+        span = max(period * min_repeats, min_tokens)
+        if span > n:
+            break
+        if all(tokens[i] == tokens[i - period] for i in range(n - span + period, n)):
+            return True
+    return False
 
 
 class _StopWatch:
@@ -117,12 +133,13 @@ class HFEngine:
     """Batched decoding on a transformers causal LM (CPU or GPU), with stop strings and sampled-token log-probs.
 
     Its own loop over the model's forward with a KV cache, rather than ``model.generate``: a row that hits a
-    stop string or EOS leaves the batch at once (its cache rows are dropped), so a turn costs the sum of
-    the rows' lengths, not batch size x the longest row.
+    stop string or EOS, or degenerates into repetition, leaves the batch at once (its cache rows are
+    dropped), so a turn costs the sum of the rows' lengths, not batch size x the longest row.
     """
 
-    def __init__(self, model, tokenizer, max_batch_size: int | None = None):
+    def __init__(self, model, tokenizer, max_batch_size: int | None = None, cut_repeats: bool = True):
         self.model, self.tokenizer, self.max_batch_size = model.eval(), tokenizer, max_batch_size
+        self.cut_repeats = cut_repeats  # end a row whose tail repeats (finish_reason "repeat")
         eos = model.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])
         if tokenizer.eos_token_id is not None:
@@ -206,6 +223,8 @@ class HFEngine:
                     reasons[r] = "eos"
                 elif maybe_l[j] and watch.hit(tokens[r]):
                     reasons[r], done_l[j] = "stop", True
+                elif self.cut_repeats and repeating_tail(tokens[r]):
+                    reasons[r], done_l[j] = "repeat", True
             if t == max_new_tokens - 1:
                 break
             keep = [j for j, d in enumerate(done_l) if not d]

@@ -36,6 +36,9 @@ from searchr1.rollout.types import RolloutResult, Sample, Turn
 Mode = Literal["search", "direct", "rag"]
 _QUERY_RE = re.compile(re.escape(SEARCH_OPEN) + r"(.*?)" + re.escape(SEARCH_CLOSE), re.DOTALL)
 _TEMPLATE_OF_MODE = {"search": "search_r1", "direct": "direct", "rag": "rag"}
+# What a sample counts as cut: prompt head, a turn at max_turn_tokens, passages, the total budget, and
+# turns the engine ended because they degenerated into repetition.
+TRUNCATIONS = ("prompt", "turn", "obs", "total", "repeat")
 
 
 def _encode(tokenizer, text: str) -> list[int]:
@@ -67,26 +70,32 @@ def build_prompt_ids(
     )
 
 
-def fit_passages(tokenizer, docs: Sequence[Doc], max_tokens: int, render=information_block) -> tuple[str, bool]:
-    """``render`` the passages, cutting each passage's text evenly (titles kept) until it fits ``max_tokens``."""
-    text = render([d.contents for d in docs])
-    n = len(_encode(tokenizer, text))
+def fit_docs(tokenizer, docs: Sequence[Doc], max_tokens: int, render=information_block) -> tuple[list[Doc], bool]:
+    """The passages as the policy sees them: each passage's text cut evenly (titles kept) until
+    ``render`` of them fits ``max_tokens``; and whether anything was cut."""
+    n = len(_encode(tokenizer, render([d.contents for d in docs])))
     if n <= max_tokens or not docs:
-        return text, False
+        return list(docs), False
     bodies = [_encode(tokenizer, d.text) for d in docs]
     budget = max(len(b) for b in bodies)
     while budget > 0:
         budget = max(0, budget - max(1, (n - max_tokens) // len(docs)))
-        text = render([f'"{d.title}"\n{tokenizer.decode(b[:budget])}' for d, b in zip(docs, bodies)])
-        n = len(_encode(tokenizer, text))
+        shown = [Doc(d.id, f'"{d.title}"\n{tokenizer.decode(b[:budget])}', d.score) for d, b in zip(docs, bodies)]
+        n = len(_encode(tokenizer, render([d.contents for d in shown])))
         if n <= max_tokens:
-            return text, True
+            return shown, True
     # Titles alone overflow: keep as many whole (title-only) passages as fit.
     for k in range(len(docs) - 1, 0, -1):
-        text = render([f'"{d.title}"\n' for d in docs[:k]])
-        if len(_encode(tokenizer, text)) <= max_tokens:
-            return text, True
+        shown = [Doc(d.id, f'"{d.title}"\n', d.score) for d in docs[:k]]
+        if len(_encode(tokenizer, render([d.contents for d in shown]))) <= max_tokens:
+            return shown, True
     raise ValueError(f"rollout.max_obs_tokens={max_tokens} cannot hold even one passage title")
+
+
+def fit_passages(tokenizer, docs: Sequence[Doc], max_tokens: int, render=information_block) -> tuple[str, bool]:
+    """``render`` the passages as fitted by ``fit_docs``; and whether anything was cut."""
+    shown, cut = fit_docs(tokenizer, docs, max_tokens, render)
+    return render([d.contents for d in shown]), cut
 
 
 def search_with_retry(
@@ -236,6 +245,7 @@ def run_rollout(
             ep.sample.turns.append(t)
             if gen.finish_reason == "length" and budget == cfg.max_turn_tokens and ep.room > 0:
                 ep.counts["turn"] += 1
+            ep.counts["repeat"] += gen.finish_reason == "repeat"  # cut by the engine: degenerate repetition
             if action == "answer":
                 ep.done, ep.sample.finished = True, True
             elif ep.room <= 0:  # hit max_total_tokens
@@ -291,7 +301,7 @@ def _finalise(ep: _Episode, reward_cfg: RewardConfig) -> None:
         name: (0.0 if s.answer is None else fn(s.answer, gold))
         for name, fn in (("em", exact_match), ("substring_em", substring_match), ("f1", f1_score))
     }
-    s.truncated = {k: int(ep.counts[k]) for k in ("prompt", "turn", "obs", "total")}
+    s.truncated = {k: int(ep.counts[k]) for k in TRUNCATIONS}
 
 
 def episode_stats(samples: Sequence[Sample], extra: Counter | dict | None = None) -> dict[str, float]:
@@ -310,7 +320,7 @@ def episode_stats(samples: Sequence[Sample], extra: Counter | dict | None = None
         "reward_mean": sum(s.reward for s in samples) / n,
         "em": sum(s.metrics.get("em", 0.0) for s in samples) / n,
     }
-    for k in ("prompt", "turn", "obs", "total"):
+    for k in TRUNCATIONS:
         out[f"truncated_{k}"] = float(sum(s.truncated.get(k, 0) for s in samples))
     out.update({k: float(v) for k, v in (extra or {}).items()})
     if out.get("wall_s"):

@@ -36,7 +36,7 @@ class Sample:
     finished: bool = False  # wrote </answer> within the limits
     num_searches: int = 0
     num_invalid: int = 0
-    truncated: dict[str, int] = field(default_factory=dict)  # counters: prompt/turn/obs/total
+    truncated: dict[str, int] = field(default_factory=dict)  # counters: prompt/turn/obs/total/repeat (loop.TRUNCATIONS)
     metrics: dict[str, float] = field(default_factory=dict)  # em / substring_em / f1 of ``answer``
 
     def to_record(self) -> dict:

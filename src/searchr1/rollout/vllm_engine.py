@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import torch
 
-from searchr1.rollout.engine import Generation, SamplingSettings
+from searchr1.rollout.engine import Generation, SamplingSettings, repeating_tail
 
 
 def sampling_params(sampling: SamplingSettings, max_new_tokens: int, stop: Sequence[str]):
@@ -74,4 +74,9 @@ def _to_generation(out) -> Generation:
         reason = "length"
     else:  # vLLM reports "stop" for both; stop_reason is None (or an int id) for EOS, the string for a stop string
         reason = "stop" if isinstance(out.stop_reason, str) else "eos"
+    # vLLM has no repetition stop: cut where HFEngine would have stopped, so both engines agree.
+    cut = next((k for k in range(1, len(ids) + 1) if repeating_tail(ids[:k])), None)
+    if cut is not None:
+        ids, reason = ids[:cut], "repeat"
+        logprobs = None if logprobs is None else logprobs[:cut]
     return Generation(ids, logprobs, reason)

@@ -3,6 +3,7 @@ passages and the prompt are masked out, as in Search-R1's RL loss)."""
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -17,9 +18,12 @@ from searchr1.io import DataError, atomic_path, iter_jsonl, read_json, write_jso
 from searchr1.models.loading import POLICY_FILE, load_policy
 from searchr1.prompts import encode_prompt, format_passages
 from searchr1.retrieval.base import Retriever
-from searchr1.rollout.loop import fit_passages
+from searchr1.rollout.loop import fit_docs, fit_passages
 from searchr1.rollout.types import Sample
-from searchr1.sft.trajectories import build_sft_examples
+from searchr1.sft.mining import mine_paths, mining_report
+from searchr1.sft.trajectories import build_sft_examples, gold_queries
+
+log = logging.getLogger(__name__)
 
 LogFn = Callable[[dict, int], None]
 RolloutFn = Callable[[object, object, list[dict]], Sequence[Sample]]  # (model, tokenizer, rows) -> samples
@@ -45,6 +49,15 @@ def tokenize_example(segments: Sequence[tuple[str, bool]], tokenizer, max_len: i
         ids.append(tokenizer.eos_token_id)
         mask.append(1)
     return ids[:max_len], mask[:max_len]
+
+
+def longest_turn(loss_mask: Sequence[int]) -> int:
+    """Length of the longest run of trainable tokens (one policy turn)."""
+    best = run = 0
+    for m in loss_mask:
+        run = run + 1 if m else 0
+        best = max(best, run)
+    return best
 
 
 def masked_lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
@@ -156,11 +169,15 @@ def run_sft(
     """Cold start: fine-tune the base policy on search trajectories for the training questions and
     save model + tokenizer (+ policy.json, a sample of the examples) atomically to ``out_dir``.
 
-    ``sft.source=gold``: trajectories written from gold queries with real retrieval (needs
-    ``retriever``). ``sft.source=rejection``: ``rollout_fn(model, tokenizer, rows)`` samples from the
+    ``sft.source=mined``: trajectories along search paths mined from each question, its answers and
+    the corpus (``sft/mining.py``); ``sft.source=gold``: along the generator's gold queries, an upper
+    bound that needs metadata real data does not have. Both search with the real ``retriever``.
+    ``sft.source=rejection``: ``rollout_fn(model, tokenizer, rows)`` samples from the
     base policy and only finished, correct samples (reward >= 1) are kept, token ids and masks as sampled.
     """
     cfg = settings.sft
+    mining: dict = {}
+    dropped_long = 0
     rows = read_train_rows(qa_train_path)
     random.Random(settings.seed).shuffle(rows)
     rows = rows[: cfg.num_examples] if cfg.num_examples else rows
@@ -168,10 +185,13 @@ def run_sft(
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tokenizer = load_policy(str(base_dir), device=device)  # fp32 master weights for AdamW
     max_len = min(cfg.max_length, getattr(model.config, "max_position_embeddings", cfg.max_length))
-    if cfg.source == "gold":
+    if cfg.source in ("mined", "gold"):
         if retriever is None:
-            raise ValueError("sft.source=gold needs a retriever")
-        rollout = settings.rollout
+            raise ValueError(f"sft.source={cfg.source} needs a retriever")
+        rollout, topk = settings.rollout, settings.retrieval.topk
+
+        def show(docs):  # the passages as the rollout shows them (fitted to max_obs_tokens)
+            return fit_docs(tokenizer, docs, rollout.max_obs_tokens)[0]
 
         def observe(docs):  # the rollout's own rendering and truncation of retrieved passages
             return fit_passages(tokenizer, docs, rollout.max_obs_tokens)[0]
@@ -179,11 +199,30 @@ def run_sft(
         def rag_context(docs):  # as the rollout's rag mode renders them
             return fit_passages(tokenizer, docs, rollout.max_obs_tokens, render=format_passages)[0]
 
+        if cfg.source == "mined":
+            mined = mine_paths(
+                [r["question"] for r in rows], [r["golden_answers"] for r in rows], retriever, topk, show,
+                max_hops=cfg.mine_max_hops, beam=cfg.mine_beam, candidates=cfg.mine_candidates,
+                with_question_words=cfg.mine_question_words,
+            )
+            paths = [None if p is None else p.queries for p in mined]
+            mining = mining_report(rows, mined)
+        else:
+            paths = [gold_queries(r) for r in rows]
         records = build_sft_examples(
-            rows, retriever, settings.retrieval.topk, cfg, seed=settings.seed, template=rollout.template,
+            rows, paths, retriever, topk, cfg, seed=settings.seed, template=rollout.template,
             observe=observe, rag_context=rag_context,
         )
         tokenized = [tokenize_example(ex["segments"], tokenizer, max_len) for ex in records]
+        # A turn the rollout cannot finish within max_turn_tokens would teach an action the policy
+        # can never complete: such examples are left out (and counted).
+        fits = [longest_turn(mask) <= rollout.max_turn_tokens + 1 for _, mask in tokenized]  # + the trained EOS
+        dropped_long = fits.count(False)
+        if dropped_long:
+            log.warning("sft: %d of %d examples have a turn longer than rollout.max_turn_tokens=%d: left out",
+                        dropped_long, len(fits), rollout.max_turn_tokens)
+        records = [r for r, ok in zip(records, fits) if ok]
+        tokenized = [t for t, ok in zip(tokenized, fits) if ok]
     else:
         if rollout_fn is None:
             raise ValueError("sft.source=rejection needs a rollout_fn to sample trajectories from the base policy")
@@ -194,7 +233,8 @@ def run_sft(
             for s in samples
         ]
     if not records:
-        raise DataError(f"{qa_train_path}: no usable SFT example from sft.source={cfg.source}")
+        why = f" ({dropped_long} had a turn longer than rollout.max_turn_tokens)" if dropped_long else ""
+        raise DataError(f"{qa_train_path}: no usable SFT example from sft.source={cfg.source}{why}")
 
     model.config.use_cache = False
     metrics = train_on_examples(model, tokenizer, tokenized, cfg, settings.seed, log_fn)
@@ -209,6 +249,8 @@ def run_sft(
         skipped_hop=sum(r.get("skipped_hop", False) for r in records),
         truncated=sum(len(ids) == max_len for ids, _ in tokenized),
         trainable_tokens=sum(sum(mask) for _, mask in tokenized),
+        dropped_long_turn=dropped_long,
+        **mining,
     )
 
     base_info = read_json(Path(base_dir) / POLICY_FILE) if (Path(base_dir) / POLICY_FILE).exists() else {}

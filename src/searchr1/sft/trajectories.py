@@ -1,22 +1,38 @@
-"""Cold-start data: Search-R1 trajectories written from training questions, with real retrieval.
+"""Cold-start data: Search-R1 trajectories written along search paths, with real retrieval.
 
-Each example is a list of segments ``(text, trainable)``: the prompt and the information blocks are
-context (not trainable); the policy's turns (think + search/answer) are what it learns to write.
+The paths come from ``sft/mining.py`` (question, answers and corpus only) or, as an upper bound, from
+the generator's gold queries. Each example is a list of segments ``(text, trainable)``: the prompt and
+the information blocks are context (not trainable); the policy's turns (think + search/answer) are
+what it learns to write.
 """
 
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Callable, Sequence
 
 from tqdm import tqdm
 
 from searchr1.prompts import ANSWER_CLOSE, ANSWER_OPEN, format_passages, information_block, make_prompt
 from searchr1.retrieval.base import Doc, Retriever
+from searchr1.sft.mining import mentions
 
 Segment = tuple[str, bool]
 
+# The first search when it is the question itself. The thought says whether the path needed one
+# search or more: the policy then decides that from the question alone, at its first turn, and its
+# later turns condition on its own stated plan (after one search the passages of a one-hop and of a
+# two-hop question look alike to a small model).
+SEARCH_QUESTION = {
+    False: (
+        "<think> I will search for the question. </think>\n<search> {q} </search>",
+        "<think> One search should do. </think>\n<search> {q} </search>",
+    ),
+    True: (
+        "<think> This needs more than one search. </think>\n<search> {q} </search>",
+        "<think> I will need several searches. </think>\n<search> {q} </search>",
+    ),
+}
 FIRST_SEARCH = (
     "<think> I need to find {q}. </think>\n<search> {q} </search>",
     "<think> To answer this, I should search for {q}. </think>\n<search> {q} </search>",
@@ -25,18 +41,8 @@ NEXT_SEARCH = (
     "<think> Now I need to find {q}. </think>\n<search> {q} </search>",
     "<think> Next, I should search for {q}. </think>\n<search> {q} </search>",
 )
-RE_SEARCH = "<think> The information does not contain what I need. I should search again for {q}. </think>\n<search> {q} </search>"
+RE_SEARCH = "<think> The information does not help. I will search again. </think>\n<search> {q} </search>"
 ANSWER = "<think> The information shows that the answer is {a}. </think>\n<answer> {a} </answer>"
-
-
-def _norm(text: str) -> str:
-    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
-
-
-def mentions(text: str, answers: Sequence[str]) -> bool:
-    """Whether ``text`` mentions any gold answer (case and punctuation insensitive)."""
-    text = f" {_norm(text)} "
-    return any(f" {_norm(a)} " in text for a in answers if _norm(a))
 
 
 def contains_answer(docs: Sequence[Doc], answers: Sequence[str]) -> bool:
@@ -68,7 +74,8 @@ def perturb_query(query: str, rng: random.Random) -> str | None:
     return noisy if noisy and noisy != query else None
 
 
-def _queries(row: dict) -> list[str]:
+def gold_queries(row: dict) -> list[str]:
+    """The generator's gold search queries of a row (``metadata.gold_queries``), or the question."""
     gold = [q.strip() for q in (row.get("metadata") or {}).get("gold_queries") or [] if q and q.strip()]
     return gold or [row["question"].strip()]
 
@@ -85,6 +92,7 @@ def _search_all(retriever: Retriever, queries: list[str], topk: int, batch_size:
 
 def build_sft_examples(
     qa_rows: Sequence[dict],
+    paths: Sequence[Sequence[str] | None],
     retriever: Retriever,
     topk: int,
     cfg,
@@ -95,12 +103,14 @@ def build_sft_examples(
 ) -> list[dict]:
     """Search-R1 trajectories for training questions (``cfg`` is SFTConfig).
 
-    Hops follow ``metadata.gold_queries`` (the question itself when absent). With probability
-    ``cfg.query_noise`` the first query is imperfect; if its passages miss the needed fact (the gold
-    query's top passage, or the answer on the last hop) the trajectory re-searches with the gold
-    query. With probability ``cfg.skip_hop`` a multi-hop trajectory answers right after a search whose
-    passages already contain the answer. Questions whose final passages lack the answer are dropped:
-    the cold start must never teach answering without evidence.
+    Hops follow ``paths[i]``, the search queries for ``qa_rows[i]`` (mined, or the generator's gold
+    queries); a row whose path is None gets no search trajectory. When the first query is the question
+    itself, the first thought says whether one search or more will be needed (``SEARCH_QUESTION``).
+    With probability ``cfg.query_noise`` the first query is imperfect; if its passages miss the
+    needed fact (the path query's top passage, or the answer on the last hop) the trajectory
+    re-searches with the path's query. With probability ``cfg.skip_hop`` a multi-hop trajectory
+    answers right after a search whose passages already contain the answer. Questions whose final
+    passages lack the answer are dropped: the cold start must never teach answering without evidence.
 
     With probability ``cfg.rag_fraction`` a question also gets a retrieve-then-answer example: the rag
     template with the top-k passages for the question, then the answer (kept only when those passages
@@ -114,8 +124,9 @@ def build_sft_examples(
     """
     rng = random.Random(seed)
     plans = []
-    for row in qa_rows:
-        queries = _queries(row)
+    for row, queries in zip(qa_rows, paths):
+        if not queries:
+            continue
         noisy = perturb_query(queries[0], rng) if rng.random() < cfg.query_noise else None
         plans.append((row, queries, noisy, rng.random() < cfg.skip_hop))
     rag_rows = [row for row in qa_rows if rng.random() < cfg.rag_fraction]
@@ -130,7 +141,12 @@ def build_sft_examples(
         docs: list[Doc] = []
         for hop, query in enumerate(queries):
             last = hop == len(queries) - 1
-            turn = rng.choice(FIRST_SEARCH if hop == 0 else NEXT_SEARCH)
+            if hop:
+                turn = rng.choice(NEXT_SEARCH)
+            elif query == row["question"].strip():
+                turn = rng.choice(SEARCH_QUESTION[len(queries) > 1])
+            else:
+                turn = rng.choice(FIRST_SEARCH)
             if hop == 0 and noisy:
                 docs = results[noisy]
                 segments += [(turn.format(q=noisy), True), (observe(docs), False)]
@@ -147,7 +163,9 @@ def build_sft_examples(
                 break
         if not mentions(segments[-1][0], answers):  # as shown: a truncated passage may have lost it
             continue
-        segments.append((ANSWER.format(a=answers[0]), True))
+        # The alias the passages show: the policy copies its answer from them.
+        answer = next((a for a in answers if mentions(segments[-1][0], [a])), answers[0])
+        segments.append((ANSWER.format(a=answer), True))
         examples.append(
             {
                 "id": row["id"],
@@ -165,13 +183,14 @@ def build_sft_examples(
         context = rag_context(results[row["question"].strip()])
         if not mentions(context, answers):
             continue
+        answer = next(a for a in answers if mentions(context, [a]))
         prompt = make_prompt(row["question"], "rag", context=context)
         examples.append(
             {
                 "id": f"{row['id']}#rag",
                 "question": row["question"],
                 "golden_answers": answers,
-                "segments": [(prompt, False), (f"{ANSWER_OPEN} {answers[0]} {ANSWER_CLOSE}", True)],
+                "segments": [(prompt, False), (f"{ANSWER_OPEN} {answer} {ANSWER_CLOSE}", True)],
                 "num_searches": 0,
                 "rag": True,
             }
