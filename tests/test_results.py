@@ -34,3 +34,11 @@ def test_results_markdown_has_a_row_per_rl_variant_and_curves(tmp_path: Path, mo
     assert text.count("| sft | search-r1 |") == 1  # the cold start is the same model in both pipelines
     assert "| train | 12 |" in text and "micro profile" in text
     assert (tmp_path / "docs" / "results" / "training_curves.png").stat().st_size > 1000
+
+
+def test_variant_label_names_what_differs_from_the_demo_run():
+    from searchr1.evaluation.results import variant_label
+
+    assert variant_label({"train.algorithm": "grpo", "rollout.seed": "0"}) == "grpo"
+    assert variant_label({"train.algorithm": "ppo", "train.mask_retrieved": "False", "rollout.seed": "2"}) == (
+        "ppo, no retrieved-token mask, rollout seed 2")

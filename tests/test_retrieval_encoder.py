@@ -16,7 +16,7 @@ pytest.importorskip("onnx")  # torch.onnx.export needs it
 
 @pytest.fixture(scope="module")
 def encoders():
-    return Encoder(EncoderConfig(), device="cpu"), Encoder(EncoderConfig(backend="onnx"), device="cpu")
+    return Encoder(EncoderConfig(backend="torch"), device="cpu"), Encoder(EncoderConfig(backend="onnx"), device="cpu")
 
 
 def test_onnx_vectors_match_torch_for_any_batch_shape(encoders):
@@ -37,3 +37,7 @@ def test_onnx_queries_against_torch_index_agree_with_torch_top3(encoders):
     got = index.search(onnx_enc.encode_queries(queries), 3)[1]
     same = np.mean([set(a) == set(b) for a, b in zip(got, truth)])
     assert same >= 0.98, f"onnx top-3 equals torch top-3 on only {same:.1%} of queries"
+
+
+def test_auto_backend_is_onnx_on_cpu_when_installed_and_torch_elsewhere():
+    assert Encoder(EncoderConfig(), device="cpu").backend == "onnx"  # the test install has onnxruntime + onnx

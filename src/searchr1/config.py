@@ -77,8 +77,10 @@ class EncoderConfig(Section):
     passage_prefix: str = ""
     max_length: int = Field(256, ge=8)
     batch_size: int = Field(128, ge=1)
-    backend: Literal["torch", "onnx"] = Field(
-        "torch", description="onnx: ONNX Runtime on CPU (needs onnxruntime + onnx; same vectors, ~2x faster); GPU uses torch."
+    backend: Literal["auto", "torch", "onnx"] = Field(
+        "auto",
+        description="onnx: ONNX Runtime on CPU (needs onnxruntime + onnx; same vectors, ~2x faster); auto: onnx on "
+        "CPU when both are installed, else torch; GPU always uses torch.",
     )
 
 

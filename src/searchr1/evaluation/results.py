@@ -41,6 +41,8 @@ def variant_label(params: dict[str, str]) -> str:
         label += ", no retrieved-token mask"
     if params.get("train.init_from", "sft") != "sft":
         label += f", from {params['train.init_from']}"
+    if params.get("rollout.seed", "0") != "0":
+        label += f", rollout seed {params['rollout.seed']}"
     return label
 
 

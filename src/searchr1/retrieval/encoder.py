@@ -68,6 +68,12 @@ class OnnxEncoderModel:
         return torch.from_numpy(self.session.run(None, {k: batch[k].numpy() for k in self.names})[0])
 
 
+def _onnx_available() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
+
+
 class Encoder:
     def __init__(self, cfg: EncoderConfig, device: str | None = None):
         self.cfg = cfg
@@ -76,6 +82,8 @@ class Encoder:
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
         self.backend = cfg.backend
+        if self.backend == "auto":  # ONNX Runtime on CPU when installed: the same vectors, ~2x faster
+            self.backend = "onnx" if self.device == "cpu" and _onnx_available() else "torch"
         if self.backend == "onnx" and self.device != "cpu":
             log.warning("retrieval.encoder.backend=onnx is CPU-only; using torch on %s", self.device)
             self.backend = "torch"
