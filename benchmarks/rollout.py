@@ -60,8 +60,8 @@ class RecordingEngine:
     def __init__(self, inner):
         self.inner, self.outputs, self.generated = inner, {}, 0
 
-    def generate(self, prompts, max_new_tokens, sampling, stop):
-        gens = self.inner.generate(prompts, max_new_tokens, sampling, stop)
+    def generate(self, prompts, max_new_tokens, sampling, stop, seeds=None):
+        gens = self.inner.generate(prompts, max_new_tokens, sampling, stop, seeds)
         for p, g in zip(prompts, gens):
             self.outputs.setdefault(tuple(p), []).append(g.token_ids)
             self.generated += len(g.token_ids)
@@ -82,7 +82,7 @@ class GenerateEngine:
         self.model, self.tok = model, tokenizer
 
     @torch.no_grad()
-    def generate(self, prompts, max_new_tokens, sampling, stop):
+    def generate(self, prompts, max_new_tokens, sampling, stop, seeds=None):
         from transformers import GenerationConfig
 
         width, pad = max(len(p) for p in prompts), self.tok.pad_token_id

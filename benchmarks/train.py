@@ -96,7 +96,7 @@ def run_ours(args, clock: StepClock, zero_stage: int, out: Path) -> None:
     ]
     sampling = SamplingSettings(temperature=1.0, top_p=1.0, top_k=0)
 
-    def rollout(module, batch: list[dict]) -> list[Sample]:
+    def rollout(module, batch: list[dict], step: int) -> list[Sample]:
         gens = HFEngine(module, tok).generate([it["prompt_ids"] for it in batch], args.max_new_tokens, sampling)
         rewards = clock.reward([g.token_ids for g in gens])
         return [

@@ -51,3 +51,31 @@ def test_invalid_yaml_names_the_file(tmp_path):
     p.write_text("train: [unclosed\n")
     with pytest.raises(ConfigError, match="p.yaml: not valid YAML"):
         load_settings(p)
+
+
+@pytest.mark.parametrize(
+    "overrides,keys",
+    [
+        (["train.kl_in_reward=true"], ["train.kl_in_reward", "train.algorithm=grpo"]),
+        (["train.algorithm=ppo", "train.kl_in_reward=true", "train.kl_coef=0", "train.filter_groups=false"],
+         ["train.kl_in_reward", "train.kl_coef"]),
+        (["train.algorithm=reinforce_pp", "train.filter_groups=false"], ["train.algorithm=reinforce_pp", "train.kl_in_reward"]),
+        (["train.mask_retrieved=false", "train.mask_critic=true"], ["train.mask_critic", "train.mask_retrieved"]),
+        (["train.algorithm=ppo"], ["train.filter_groups", "train.algorithm=ppo"]),
+        (["train.minibatch_size=30"], ["train.minibatch_size", "gradient_accumulation_steps"]),
+        (["train.minibatch_size=48", "train.deepspeed.gradient_accumulation_steps=1"],
+         ["train.prompts_per_step x train.num_generations", "train.minibatch_size"]),
+    ],
+)
+def test_contradictory_or_ignored_settings_are_errors_naming_both_keys(overrides, keys):
+    with pytest.raises(ConfigError) as err:
+        load_settings(ROOT / "params.yaml", overrides)
+    for key in keys:
+        assert key in str(err.value)
+
+
+def test_mask_critic_follows_mask_retrieved_unless_set():
+    assert load_settings(ROOT / "params.yaml", ["train.mask_retrieved=false"]).train.mask_critic is False
+    assert load_settings(ROOT / "params.yaml").train.mask_critic is True
+    ppo = load_settings(ROOT / "params.yaml", ["train.algorithm=ppo", "train.filter_groups=false", "train.mask_critic=false"])
+    assert ppo.train.mask_critic is False and ppo.train.mask_retrieved is True

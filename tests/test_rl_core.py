@@ -162,3 +162,13 @@ def test_informative_rows_keep_only_groups_whose_rewards_differ():
     rewards = T([1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0])
     groups = ["a", "a", "b", "b", "c", "c", "d"]  # a: all 1, b: mixed, c: all 0, d: alone
     assert informative_rows(rewards, groups) == [2, 3]
+
+
+def test_collapse_guard_reads_entropy_only_from_steps_that_trained():
+    from searchr1.rl.guard import CollapseGuard
+
+    guard = CollapseGuard(min_entropy=0.01, max_kl=1.0, reward_drop=0.5)
+    quiet = {"entropy": 0.0, "kl": 0.0, "reward_mean": 0.5, "samples_trained": 0.0}  # every group filtered
+    assert guard.check(quiet) == []
+    assert "entropy collapsed" in guard.check(quiet | {"samples_trained": 8.0})[0]
+    assert "KL exploded" in guard.check(quiet | {"kl": 2.0})[0]

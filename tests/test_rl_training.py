@@ -15,7 +15,7 @@ import torch
 
 from searchr1.config import DeepSpeedConfig, Settings, TrainConfig
 from searchr1.models.tiny import build_tiny_policy
-from searchr1.rl.engine import gathered
+from searchr1.rl.deepspeed_engines import gathered
 from searchr1.rl.trainer import CollapseError, RLTrainer, WeightSyncError
 from searchr1.rollout.types import Sample
 
@@ -39,7 +39,7 @@ def _sample(model, ids: torch.Tensor, k: int) -> tuple[torch.Tensor, list[torch.
 
 
 @torch.no_grad()
-def toy_rollout(model, items: list[dict]) -> list[Sample]:
+def toy_rollout(model, items: list[dict], step: int = 0) -> list[Sample]:
     device = next(model.parameters()).device
     ids = torch.tensor([it["prompt_ids"] for it in items], device=device)
     ids, lp1 = _sample(model, ids, 2)
@@ -67,6 +67,8 @@ def toy_settings(tmp_path, algorithm: str, zero_stage: int, **train) -> Settings
         out_dir=str(tmp_path / "ckpt"), final_dir=str(tmp_path / "final"),
         deepspeed=DeepSpeedConfig(zero_stage=zero_stage),
     )
+    if algorithm == "reinforce_pp":  # its KL is a reward term
+        base["kl_in_reward"] = True
     base.update(train)
     return Settings(train=TrainConfig(**base))
 
@@ -130,7 +132,7 @@ def test_final_model_and_tokenizer_reload_with_transformers(tmp_path, zero_stage
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
     assert AutoTokenizer.from_pretrained(tmp_path / "final").convert_tokens_to_ids("t7") == 7
     ids = torch.tensor([[11, 12, 13, 7]])
-    with torch.no_grad(), gathered(trainer.actor) as live:
+    with torch.no_grad(), gathered(trainer.actor.engine) as live:
         torch.testing.assert_close(reloaded(input_ids=ids).logits, live(input_ids=ids).logits)
         assert not torch.equal(reloaded.lm_head.weight, build_tiny_policy(VOCAB, 0, 32, 1).lm_head.weight)
 
@@ -142,7 +144,7 @@ def test_sync_fn_receives_full_weights_each_step_and_a_hang_raises_clear_error(t
                         sync_fn=lambda state: received.append(state))
     trainer.train()
     assert len(received) == 2
-    live = trainer.actor.module.state_dict()
+    live = trainer.actor.engine.module.state_dict()
     assert all(torch.equal(received[-1][k], live[k]) for k in live)
 
     settings = toy_settings(tmp_path / "hang", "grpo", 2, steps=2, sync_timeout_s=0.2)
@@ -164,7 +166,7 @@ def test_kl_explosion_stops_training_with_checkpoint_when_configured(tmp_path):
 def test_rollout_returning_wrong_number_of_samples_is_a_clear_error(tmp_path):
     settings = toy_settings(tmp_path, "grpo", 2, steps=1)
     trainer = RLTrainer(settings, build_tiny_policy(VOCAB, 0, 32, 1), None,
-                        lambda m, items: toy_rollout(m, items)[:-1], toy_items())
+                        lambda m, items, step: toy_rollout(m, items)[:-1], toy_items())
     with pytest.raises(ValueError, match="returned 31 samples for 32 requests"):
         trainer.train()
 
@@ -172,10 +174,10 @@ def test_rollout_returning_wrong_number_of_samples_is_a_clear_error(tmp_path):
 def test_data_order_is_seeded_and_covers_every_prompt_each_epoch(tmp_path):
     settings = toy_settings(tmp_path, "grpo", 2, steps=0, prompts_per_step=6, minibatch_size=24)
     trainer = RLTrainer(settings, build_tiny_policy(VOCAB, 0, 32, 1), None, toy_rollout, toy_items(16))
-    seen = [it["id"] for _ in range(8) for it in trainer._next_prompts()]  # 48 prompts = 3 epochs
+    seen = [it["id"] for _ in range(8) for it in trainer.prompts.next_prompts()]  # 48 prompts = 3 epochs
     assert all(sorted(seen[i : i + 16]) == sorted(f"q{j}" for j in range(16)) for i in (0, 16, 32))
     assert seen[:16] != seen[16:32]
-    assert (trainer.data_epoch, trainer.data_pos) == (3, 0)
+    assert trainer.prompts.state_dict() == {"epoch": 3, "pos": 0}
 
 
 def test_gradient_accumulation_and_checkpointing_match_one_big_micro_batch(tmp_path):
@@ -185,7 +187,7 @@ def test_gradient_accumulation_and_checkpointing_match_one_big_micro_batch(tmp_p
     ds = DeepSpeedConfig(zero_stage=1, gradient_accumulation_steps=2, gradient_checkpointing=True)
     acc, _ = run_toy(tmp_path / "b", "grpo", 1, deepspeed=ds, **kw)
     assert acc.micro_batch_size == 8
-    wa, wb = ref.actor.module.state_dict(), acc.actor.module.state_dict()
+    wa, wb = ref.actor.engine.module.state_dict(), acc.actor.engine.module.state_dict()
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
     assert any(not torch.equal(wa[k], build_tiny_policy(VOCAB, 0, 32, 1).state_dict()[k]) for k in wa)
 
@@ -200,7 +202,7 @@ def test_unmasked_ablation_trains_on_retrieved_tokens_and_kl_in_reward_runs(tmp_
 def test_filter_groups_trains_only_on_groups_whose_rewards_differ(tmp_path):
     q0_in_step = []
 
-    def rollout(model, items):  # group q0 mixed, every other group all 0: only q0's rows carry signal
+    def rollout(model, items, step):  # group q0 mixed, every other group all 0: only q0's rows carry signal
         samples = toy_rollout(model, items)
         for i, s in enumerate(samples):
             s.reward = float(s.group_id == "q0" and i % 2 == 0)
@@ -219,8 +221,7 @@ def test_filter_groups_trains_only_on_groups_whose_rewards_differ(tmp_path):
 
 def test_filter_groups_needs_groups(tmp_path):
     with pytest.raises(ValueError, match="num_generations"):
-        RLTrainer(toy_settings(tmp_path, "grpo", 2, num_generations=1, filter_groups=True),
-                  build_tiny_policy(VOCAB, seed=0, hidden_size=32, layers=1), None, toy_rollout, toy_items())
+        toy_settings(tmp_path, "grpo", 2, num_generations=1, minibatch_size=8, filter_groups=True)
 
 
 def test_on_policy_step_measures_kl_and_entropy_of_the_sampling_policy(tmp_path):
@@ -228,12 +229,14 @@ def test_on_policy_step_measures_kl_and_entropy_of_the_sampling_policy(tmp_path)
     still be those of the policy that sampled (measured before its update)."""
     import copy
 
-    from searchr1.rl.batch import collate, logprobs_of
+    from searchr1.rl.batch import collate
+    from searchr1.rl.logprobs import logprobs_of
+    from searchr1.rl.reference import Reference
     from searchr1.rl.core import kl_penalty, masked_mean
 
     seen = []
 
-    def rollout(model, items):
+    def rollout(model, items, step):
         samples = toy_rollout(model, items)
         seen.append(samples)
         return samples
@@ -245,12 +248,12 @@ def test_on_policy_step_measures_kl_and_entropy_of_the_sampling_policy(tmp_path)
     before, reference = copy.deepcopy(model), build_tiny_policy(VOCAB, seed=0, hidden_size=32, layers=1)
     settings = toy_settings(tmp_path, "grpo", 2, steps=1, minibatch_size=32)  # 8 prompts x 4 = one minibatch
     trainer = RLTrainer(settings, model, None, rollout, toy_items())
-    trainer.ref = reference
+    trainer.reference = Reference(reference, 1.0, 32)
     [metrics] = trainer.train()
     batch = collate(seen[0])
     logp, ent = logprobs_of(before, batch, 32)
     ref, _ = logprobs_of(reference, batch, 32, with_entropy=False)
-    mask = batch["loss_mask"]
+    mask = batch.loss_mask
     assert metrics["entropy"] == pytest.approx(masked_mean(ent, mask).item(), rel=1e-4)
     assert metrics["kl"] == pytest.approx(masked_mean(kl_penalty(logp, ref, "low_var_kl"), mask).item(), rel=1e-3)
     assert metrics["kl"] > 0 and metrics["clip_frac"] == 0.0  # ratio exactly 1 on-policy

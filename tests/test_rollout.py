@@ -52,7 +52,7 @@ class ScriptedEngine:
         self.outputs: dict[str, list[list[int]]] = {q: [] for q in scripts}
         self.calls = 0
 
-    def generate(self, prompts, max_new_tokens, sampling, stop):
+    def generate(self, prompts, max_new_tokens, sampling, stop, seeds=None):
         self.calls += 1
         gens = []
         for p in prompts:

@@ -41,6 +41,20 @@ def test_left_padded_batch_logprobs_match_a_fresh_forward_pass(smol, model):
     assert [g.token_ids for g in other] != [g.token_ids for g in gens]
 
 
+def test_a_rows_sample_depends_on_its_own_seed_not_on_the_other_rows(smol, model):
+    """Data-parallel ranks generate different subsets of a step's samples: with per-row seeds a sample
+    is the same whichever rows share its call."""
+    engine, ps = HFEngine(model, smol), prompts(smol)
+    sampling = SamplingSettings(temperature=1.0)
+    together = engine.generate(ps, 12, sampling, stop=[], seeds=[11, 22, 33])
+    alone = engine.generate(ps[1:2], 12, sampling, stop=[], seeds=[22])
+    reordered = engine.generate([ps[2], ps[0]], 12, sampling, stop=[], seeds=[33, 11])
+    assert alone[0].token_ids == together[1].token_ids
+    assert [g.token_ids for g in reordered] == [together[2].token_ids, together[0].token_ids]
+    with pytest.raises(ValueError, match="2 seeds for 3 prompts"):
+        engine.generate(ps, 4, sampling, stop=[], seeds=[1, 2])
+
+
 def test_generation_stops_right_after_the_stop_string(smol, model):
     engine = HFEngine(model, smol)
     ps, sampling = prompts(smol), SamplingSettings(temperature=1.0, seed=5)

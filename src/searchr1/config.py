@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from searchr1.errors import SearchR1Error
 
@@ -151,7 +151,6 @@ class RolloutConfig(Section):
     temperature: float = Field(1.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0)
-    batch_size: int = Field(32, ge=1)
     seed: int = 0
     vllm_tensor_parallel_size: int = Field(1, ge=1)
     vllm_gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
@@ -217,10 +216,14 @@ class TrainConfig(Section):
     algorithm: Literal["ppo", "grpo", "reinforce_pp"] = "grpo"
     init_from: str = Field("sft", description="'sft', 'base', or a path / models:/ URI")
     steps: int = Field(20, ge=0)
-    prompts_per_step: int = Field(16, ge=1)
+    prompts_per_step: int = Field(
+        16, ge=1, description="Prompts per step over all data-parallel ranks (each rank rolls out its share)."
+    )
     num_generations: int = Field(5, ge=1, description="Samples per prompt (GRPO group size).")
     ppo_epochs: int = Field(1, ge=1)
-    minibatch_size: int = Field(16, ge=1)
+    minibatch_size: int = Field(
+        16, ge=1, description="Samples per optimizer step over all ranks; divisible by accumulation steps x ranks."
+    )
     lr: float = Field(1e-6, gt=0)
     critic_lr: float = Field(1e-5, gt=0)
     warmup_steps: int = Field(0, ge=0)
@@ -243,7 +246,13 @@ class TrainConfig(Section):
     gamma: float = Field(1.0, ge=0, le=1)
     lam: float = Field(1.0, ge=0, le=1)
     mask_retrieved: bool = Field(True, description="Exclude <information> tokens from the loss (paper ablation: false).")
-    mask_critic: bool = Field(True, description="Also mask retrieved tokens in the value loss and GAE.")
+    mask_critic: bool | None = Field(
+        None, description="Mask retrieved tokens in the value loss and GAE too (default: as train.mask_retrieved)."
+    )
+    logprob_chunk: int = Field(
+        1024, ge=0, description="Response positions per chunk of the LM head when scoring (bounds full-vocabulary "
+        "logits memory to micro-batch x chunk x vocab); 0 = one pass."
+    )
     save_every: int = Field(10, ge=1)
     eval_every: int = Field(10, ge=1)
     eval_size: int = Field(64, ge=1)
@@ -263,6 +272,39 @@ class TrainConfig(Section):
     master_port: int | None = Field(None, ge=1, le=65535)
     out_dir: str = "checkpoints"
     final_dir: str = "models/policy"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        """Combinations that would be silently ignored or contradict each other are errors naming both keys."""
+        if self.mask_critic is None:
+            self.mask_critic = self.mask_retrieved
+        gas = self.deepspeed.gradient_accumulation_steps
+        problems = []
+        if self.mask_critic and not self.mask_retrieved:
+            problems.append("train.mask_critic=true with train.mask_retrieved=false: the critic would skip tokens the "
+                            "policy is trained on; set both (or leave mask_critic unset)")
+        if self.kl_in_reward and self.algorithm == "grpo":
+            problems.append("train.kl_in_reward=true with train.algorithm=grpo: GRPO's advantages read only the outcome "
+                            "reward, so the KL would be dropped; use the KL loss (kl_in_reward=false) or ppo/reinforce_pp")
+        if self.kl_in_reward and self.kl_coef == 0:
+            problems.append("train.kl_in_reward=true with train.kl_coef=0: there is no KL to put in the reward")
+        if self.algorithm == "reinforce_pp" and self.kl_coef > 0 and not self.kl_in_reward:
+            problems.append("train.algorithm=reinforce_pp puts its KL in the reward: set train.kl_in_reward=true "
+                            "(or train.kl_coef=0)")
+        if self.filter_groups and self.algorithm != "grpo":
+            problems.append(f"train.filter_groups=true with train.algorithm={self.algorithm}: only GRPO groups with equal "
+                            "rewards have zero advantage; filtering would drop signal")
+        if self.filter_groups and self.num_generations < 2:
+            problems.append("train.filter_groups=true needs groups: set train.num_generations >= 2")
+        if self.minibatch_size % gas:
+            problems.append(f"train.minibatch_size={self.minibatch_size} must be divisible by "
+                            f"train.deepspeed.gradient_accumulation_steps={gas}")
+        if (self.prompts_per_step * self.num_generations) % self.minibatch_size:
+            problems.append(f"train.prompts_per_step x train.num_generations = {self.prompts_per_step * self.num_generations} "
+                            f"samples per step must be divisible by train.minibatch_size={self.minibatch_size}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class EvaluationConfig(Section):

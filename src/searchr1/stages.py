@@ -13,6 +13,8 @@ import random
 import time
 from pathlib import Path
 
+import numpy as np
+
 from searchr1.config import Settings
 from searchr1.io import write_json
 from searchr1.tracking import stage_run
@@ -124,83 +126,66 @@ def _init_policy(settings: Settings) -> str:
     return settings.policy.out_dir if init == "base" else init
 
 
+def validation_holdout(items: list[dict], size: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """(training items, ``size`` held-out items): a seeded random draw over all training rows, so the
+    validation set spans every source (FlashRAG files come grouped by dataset)."""
+    if size >= len(items):
+        raise ValueError(f"train.eval_size={size} leaves no training question (there are {len(items)})")
+    held = set(np.random.default_rng(seed).permutation(len(items))[:size].tolist())
+    return [it for i, it in enumerate(items) if i not in held], [it for i, it in enumerate(items) if i in held]
+
+
 def train(settings: Settings, resume: bool = False) -> dict:
-    """RL (PPO / GRPO / REINFORCE++) with multi-turn search rollouts on DeepSpeed; resumable."""
+    """RL (PPO / GRPO / REINFORCE++) with multi-turn search rollouts on DeepSpeed; resumable.
+
+    Under a launcher (deepspeed, torchrun) every rank runs this function on its share of each step's
+    prompts; rank 0 logs, writes the reports and saves the model."""
+    from searchr1 import distributed as dist
     from searchr1.data.qa import load_qa
     from searchr1.models.loading import load_policy
     from searchr1.retrieval import load_retriever
+    from searchr1.rl.deepspeed_engines import init_distributed
+    from searchr1.rl.rollout_worker import RolloutWorker
     from searchr1.rl.trainer import RLTrainer
-    from searchr1.rollout.engine import HFEngine
-    from searchr1.rollout.loop import run_rollout
     from searchr1.rollout.trajectories import save_trajectories
 
     cfg = settings.train
     init = _init_policy(settings)
-    items = load_qa(Path(settings.qa.out_dir) / "train.jsonl")
-    # Hold out the last eval_size training questions (never trained on) for periodic validation EM.
-    items, held_out = items[: -cfg.eval_size], items[-cfg.eval_size :]
-    if not items:
-        raise ValueError(f"train.eval_size={cfg.eval_size} leaves no training question")
-    # Under a multi-process launcher every rank runs this function; only rank 0 logs and writes reports.
-    main_rank = int(os.environ.get("RANK", "0")) == 0
+    items, held_out = validation_holdout(load_qa(Path(settings.qa.out_dir) / "train.jsonl"), cfg.eval_size, cfg.seed)
+    init_distributed()
+    rank, world = dist.rank(), dist.world_size()
+    main_rank = rank == 0
     tracking = settings.tracking if main_rank else settings.tracking.model_copy(update={"enabled": False})
     started = time.time()
     params = {"train": cfg.model_dump(), "rollout": settings.rollout.model_dump(), "reward": settings.reward.model_dump()}
     with stage_run(tracking, "train", params=params, inputs={"init": init}) as run:
         retriever = load_retriever(settings.retrieval, settings.corpus.out_path)
         model, tokenizer = load_policy(init, dtype="float32")
-        last: dict = {}
-        vllm, sync_fn = None, None
-        if settings.rollout.engine == "vllm":
+        external = None
+        if settings.rollout.engine == "vllm":  # one colocated engine per rank (see rl/rollout_worker.py)
             from searchr1.models.loading import resolve_model_path
             from searchr1.rollout.vllm_engine import VLLMEngine
 
             r = settings.rollout
-            vllm = VLLMEngine(resolve_model_path(init), r.vllm_tensor_parallel_size, r.vllm_gpu_memory_utilization)
-            sync_fn = vllm.update_weights  # the trainer pushes gathered weights after every update
-
-        hf_engine: list[HFEngine] = []  # reused while the module is the same: it keeps its stop-string tables
-
-        def engine_for(module):
-            # The HF engine generates with the actor module itself (under ZeRO-3 with gathered params).
-            if vllm is not None:
-                return vllm
-            if not hf_engine or hf_engine[0].model is not module:
-                hf_engine[:] = [HFEngine(module, tokenizer)]
-            return hf_engine[0]
-
-        def rollout_fn(module, requests):
-            result = run_rollout(
-                engine_for(module), tokenizer, requests, retriever, settings.rollout, settings.reward,
-                # A fresh seed per step, derived from the step so that --resume replays exactly.
-                topk=settings.retrieval.topk, seed=settings.rollout.seed + 7919 * trainer.step,
-            )
-            for sample, req in zip(result.samples, requests):
-                sample.group_id = str(req["id"])
-            last["samples"] = result.samples
-            return result.samples
-
-        def eval_fn(module) -> dict:
-            result = run_rollout(
-                engine_for(module), tokenizer, held_out, retriever, settings.rollout, settings.reward,
-                topk=settings.retrieval.topk, greedy=True,
-            )
-            return {"em": result.stats["em"], "searches_per_sample": result.stats["searches_per_sample"]}
-
+            external = VLLMEngine(resolve_model_path(init), r.vllm_tensor_parallel_size, r.vllm_gpu_memory_utilization)
+        worker = RolloutWorker(settings, tokenizer, retriever, external)
+        held_share = held_out[rank::world]
         trainer = RLTrainer(
-            settings, model, tokenizer, rollout_fn, items, log_fn=run.log_metrics, eval_fn=eval_fn, sync_fn=sync_fn
+            settings, model, tokenizer, worker, items, log_fn=run.log_metrics,
+            eval_fn=lambda module: worker.evaluate(module, held_share),
+            sync_fn=worker.sync if external is not None else None,
         )
         history = trainer.train(resume=resume)
         if not main_rank:
             return {}
         # Checkpoints can be many GB: referenced by path; the final model is logged when it is registered.
         run.set_tags({"checkpoint_dir": str(Path(cfg.out_dir).resolve()), "final_dir": str(Path(cfg.final_dir).resolve())})
-        if last.get("samples"):
-            save_trajectories(REPORTS / "trajectories.jsonl", last["samples"])
+        if trainer.last_samples:  # the final step's samples of every rank, each with its rank
+            save_trajectories(REPORTS / "trajectories.jsonl", trainer.last_samples)
             run.log_artifact(REPORTS / "trajectories.jsonl")
         final = history[-1] if history else {}
         summary = {f"final_{k}": v for k, v in final.items()}
-        summary.update(steps=len(history), held_out=len(held_out), init_from=init)
+        summary.update(steps=len(history), held_out=len(held_out), init_from=init, world_size=world)
         # DVC plots need the same keys in every row: periodic validation (eval/*) goes to its own file.
         steps = [{"step": i + 1, **{k: v for k, v in m.items() if "/" not in k}} for i, m in enumerate(history)]
         evals = [

@@ -43,6 +43,9 @@ class CopyLlamaConfig(LlamaConfig):
 
 class CopyLlamaForCausalLM(LlamaForCausalLM):
     config_class = CopyLlamaConfig
+    # Its logits mix lm_head(h) with attention over the context's tokens: RL scoring cannot run the
+    # head alone on chunks of hidden states (rl/logprobs.plain_head).
+    logits_need_context = True
 
     def __init__(self, config: CopyLlamaConfig):
         super().__init__(config)

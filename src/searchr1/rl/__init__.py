@@ -1,1 +1,2 @@
-"""RL training core: PPO / GRPO / REINFORCE++ math, DeepSpeed engines and the trainer (RLTrainer)."""
+"""RL training: the trainer (trainer.py) and its roles (actor, critic, reference, reward, rollout_worker),
+the algorithms' math (core, grpo, ppo, reinforce_pp), batches, log-probs and DeepSpeed engines."""

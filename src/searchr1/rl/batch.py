@@ -1,4 +1,4 @@
-"""Collate rollout Samples into padded tensors, and score response tokens under a model.
+"""The typed batch one RL step works on, and ``collate`` from rollout Samples.
 
 Layout: prompts left-padded to P, responses right-padded to R, ``input_ids = [prompt | response]``.
 Position ``P-1+t`` predicts response token ``t``, so every ``[B, R]`` tensor here (masks, log-probs,
@@ -7,69 +7,115 @@ values, rewards) is aligned to the positions that PREDICT the response tokens (s
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
-from searchr1.rl.core import entropy_from_logits
 from searchr1.rollout.types import Sample
 
-
-SEQUENCE_KEYS = ("input_ids", "attention_mask", "position_ids")  # [B, P+R]; every other 2-d tensor is [B, R]
+SEQUENCE_FIELDS = ("input_ids", "attention_mask", "position_ids")  # [B, P+R]; other 2-d tensors are [B, R]
 
 
 @dataclass
 class Batch:
-    """Padded tensors (``[B, P+R]`` sequence tensors, ``[B, R]`` response tensors) plus group ids."""
+    """One step's samples as padded tensors. Collate fills the first block; the step fills the rest."""
 
-    tensors: dict[str, torch.Tensor]
+    input_ids: torch.Tensor  # [B, P+R]
+    attention_mask: torch.Tensor  # [B, P+R]
+    position_ids: torch.Tensor  # [B, P+R]
+    responses: torch.Tensor  # [B, R] the response token ids
+    generated_mask: torch.Tensor  # [B, R] 1 on tokens the policy generated
+    valid_mask: torch.Tensor  # [B, R] 1 on every response token (generated or retrieved)
+    loss_mask: torch.Tensor  # [B, R] tokens the policy loss, KL and entropy count
+    token_rewards: torch.Tensor  # [B, R] the outcome reward on the last generated token
+    rewards: torch.Tensor  # [B]
     prompt_len: int
     group_ids: list[str] = field(default_factory=list)
-
-    def __getitem__(self, key: str) -> torch.Tensor:
-        return self.tensors[key]
-
-    def __setitem__(self, key: str, value: torch.Tensor) -> None:
-        self.tensors[key] = value
+    # Filled in by the step (scoring and advantages):
+    old_logp: torch.Tensor | None = None  # [B, R] the sampling policy's log-probs (off-policy updates only)
+    ref_logp: torch.Tensor | None = None  # [B, R] the frozen reference's log-probs
+    old_values: torch.Tensor | None = None  # [B, R] the critic's values before the update (PPO)
+    advantages: torch.Tensor | None = None  # [B, R]
+    returns: torch.Tensor | None = None  # [B, R] value targets (PPO)
 
     def __len__(self) -> int:
-        return self.tensors["input_ids"].shape[0]
+        return self.input_ids.shape[0]
 
     @property
     def response_len(self) -> int:
-        return self.tensors["valid_mask"].shape[1]
+        return self.valid_mask.shape[1]
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor field that is set, by name."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor)
+        }
 
     def select(self, idx: torch.Tensor | list[int]) -> Batch:
         """The rows ``idx``, without the columns that are padding in all of them: a sub-batch costs its
         own longest row, not the whole batch's."""
         idx = torch.as_tensor(idx, dtype=torch.long)
-        rows = {k: v[idx] for k, v in self.tensors.items()}
-        P, R = self.prompt_len, self.response_len
-        p = int(rows["attention_mask"][:, :P].sum(1).max())
-        r = int(rows["valid_mask"].sum(1).max())
-        for k, v in rows.items():
-            if k in SEQUENCE_KEYS:
-                rows[k] = v[:, P - p : P + r]
+        P = self.prompt_len
+        p = int(self.attention_mask[idx, :P].sum(1).max()) if len(idx) else 0
+        r = int(self.valid_mask[idx].sum(1).max()) if len(idx) else 0
+        rows = {}
+        for name, v in self.tensors().items():
+            v = v[idx]
+            if name in SEQUENCE_FIELDS:
+                v = v[:, P - p : P + r]
             elif v.dim() == 2:  # response-aligned [B, R]
-                rows[k] = v[:, :r]
-        return Batch(rows, p, [self.group_ids[i] for i in idx])
+                v = v[:, :r]
+            rows[name] = v
+        return Batch(**rows, prompt_len=p, group_ids=[self.group_ids[i] for i in idx.tolist()])
 
-    def chunks(self, size: int) -> list[Batch]:
-        return [self.select(list(range(i, min(i + size, len(self))))) for i in range(0, len(self), size)]
+    def padded(self, rows: int, like: Batch) -> Batch:
+        """This batch with rows appended up to ``rows`` that weigh nothing: copies of ``like``'s first row
+        with every mask and reward zeroed, each its own group. Data-parallel ranks pad to equal row
+        counts so that they run the same number of forward and backward passes."""
+        missing = rows - len(self)
+        if missing <= 0:
+            return self
+        source = self if len(self) else like
+        pad = source.select([0] * missing)
+        for name in ("generated_mask", "valid_mask", "loss_mask", "token_rewards", "rewards"):
+            setattr(pad, name, torch.zeros_like(getattr(pad, name)))
+        pad.group_ids = [f"<padding {i}>" for i in range(missing)]
+        if not len(self):
+            return pad
+        return _concat(self, pad)
 
     def split(self, parts: int) -> list[Batch]:
         """``parts`` sub-batches of near-equal size with rows grouped by length (less padding; summing
-        gradients over them is the same gradient whatever the grouping)."""
-        order = torch.argsort(self.tensors["attention_mask"].sum(1), stable=True)
-        return [self.select(idx) for idx in torch.tensor_split(order, parts) if len(idx)]
+        gradients over them is the same gradient whatever the grouping). Fewer rows than parts gives
+        empty sub-batches at the end, so every rank can take part in the same number of steps."""
+        order = torch.argsort(self.attention_mask.sum(1), stable=True)
+        return [self.select(idx) for idx in torch.tensor_split(order, parts)]
 
     def length_sorted_chunks(self, size: int) -> list[tuple[torch.Tensor, Batch]]:
         """(row indices, sub-batch) of rows grouped by length, so little padding is computed."""
-        order = torch.argsort(self.tensors["attention_mask"].sum(1), stable=True)
+        order = torch.argsort(self.attention_mask.sum(1), stable=True)
         return [(order[i : i + size], self.select(order[i : i + size])) for i in range(0, len(self), size)]
 
     def to(self, device: torch.device | str) -> Batch:
-        return Batch({k: v.to(device) for k, v in self.tensors.items()}, self.prompt_len, self.group_ids)
+        return dataclasses.replace(self, **{k: v.to(device) for k, v in self.tensors().items()})
+
+
+def _concat(a: Batch, b: Batch) -> Batch:
+    """Rows of ``a`` then ``b``, re-padded to common prompt and response widths."""
+    P, R = max(a.prompt_len, b.prompt_len), max(a.response_len, b.response_len)
+    merged = {}
+    for name, x in a.tensors().items():
+        y = getattr(b, name)
+        if name in SEQUENCE_FIELDS:
+            x, y = (F.pad(t, (P - p, R - (t.shape[1] - p))) for t, p in ((x, a.prompt_len), (y, b.prompt_len)))
+        elif x.dim() == 2:
+            x, y = F.pad(x, (0, R - x.shape[1])), F.pad(y, (0, R - y.shape[1]))
+        merged[name] = torch.cat([x, y])
+    return Batch(**merged, prompt_len=P, group_ids=a.group_ids + b.group_ids)
 
 
 def collate(samples: list[Sample], mask_retrieved: bool = True, pad_id: int = 0) -> Batch:
@@ -105,75 +151,16 @@ def collate(samples: list[Sample], mask_retrieved: bool = True, pad_id: int = 0)
         valid[i, :r] = 1
         last = max(t for t, m in enumerate(s.response_mask) if m)
         token_rewards[i, last] = float(s.reward)
-    tensors = {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "position_ids": (attention_mask.cumsum(-1) - 1).clamp(min=0),
-        "responses": input_ids[:, P:],
-        "generated_mask": generated,
-        "valid_mask": valid,
-        "loss_mask": generated if mask_retrieved else valid,
-        "token_rewards": token_rewards,
-        "rewards": torch.tensor([float(s.reward) for s in samples]),
-    }
-    return Batch(tensors, P, [s.group_id for s in samples])
-
-
-def hidden_or_logits(model: torch.nn.Module, batch: Batch, **kwargs) -> torch.Tensor:
-    """Run ``model`` on the padded sequences and keep the R positions that predict response tokens."""
-    out = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        position_ids=batch["position_ids"],
-        use_cache=False,
-        **kwargs,
+    return Batch(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0),
+        responses=input_ids[:, P:],
+        generated_mask=generated,
+        valid_mask=valid,
+        loss_mask=generated if mask_retrieved else valid,
+        token_rewards=token_rewards,
+        rewards=torch.tensor([float(s.reward) for s in samples]),
+        prompt_len=P,
+        group_ids=[s.group_id for s in samples],
     )
-    x = out if isinstance(out, torch.Tensor) else out.logits
-    P, R = batch.prompt_len, batch["responses"].shape[1]
-    start = P - 1 - (batch["input_ids"].shape[1] - x.shape[1])  # x may hold only the last positions
-    return x[:, start : start + R]
-
-
-def forward_logprobs(
-    model: torch.nn.Module, batch: Batch, temperature: float = 1.0, with_entropy: bool = True,
-    entropy_grad: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log pi(y_t | y_<t) of each response token (logits / temperature, as sampled), and the entropy
-    (with ``entropy_grad=False`` a detached value, for logging, that builds no graph)."""
-    # Only the R + 1 last positions predict response tokens: skip the LM head over the prompt.
-    logits = hidden_or_logits(model, batch, logits_to_keep=batch["responses"].shape[1] + 1).float()
-    if temperature > 0 and temperature != 1.0:
-        logits = logits / temperature
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, batch["responses"].unsqueeze(-1)).squeeze(-1)
-    entropy = None
-    if with_entropy:
-        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-            entropy = entropy_from_logits(logits if entropy_grad else logits.detach())
-    return logp, entropy
-
-
-@torch.no_grad()
-def logprobs_of(
-    model: torch.nn.Module, batch: Batch, micro_batch_size: int = 8, temperature: float = 1.0, with_entropy: bool = True
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``forward_logprobs`` without gradients, in micro-batches; returns ``[B, R]`` (logp, entropy or None)."""
-    device = next(model.parameters()).device
-    logps = torch.zeros(len(batch), batch.response_len)
-    ents = torch.zeros(len(batch), batch.response_len) if with_entropy else None
-    for idx, mb in batch.length_sorted_chunks(micro_batch_size):
-        logp, ent = forward_logprobs(model, mb.to(device), temperature, with_entropy)
-        logps[idx, : logp.shape[1]] = logp.cpu()
-        if ents is not None:
-            ents[idx, : ent.shape[1]] = ent.cpu()
-    return logps, ents
-
-
-@torch.no_grad()
-def values_of(critic: torch.nn.Module, batch: Batch, micro_batch_size: int = 8) -> torch.Tensor:
-    """The critic's value of each response position, ``[B, R]``, in length-sorted micro-batches."""
-    device = next(critic.parameters()).device
-    values = torch.zeros(len(batch), batch.response_len)
-    for idx, mb in batch.length_sorted_chunks(micro_batch_size):
-        v = hidden_or_logits(critic, mb.to(device))
-        values[idx, : v.shape[1]] = v.float().cpu()
-    return values

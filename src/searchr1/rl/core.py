@@ -29,9 +29,19 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
-    """(x - mean) / sqrt(var + eps) over masked entries; masked-out entries become 0."""
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
-    out = (x - mean) * torch.rsqrt(var + eps)
+    """(x - mean) / sqrt(var + eps) over masked entries; masked-out entries become 0.
+
+    Mean and (unbiased) variance are over the masked entries of every data-parallel rank, so the
+    baseline is the whole batch's however it is split (float64 sums; a no-op reduction on one rank).
+    """
+    from searchr1.distributed import all_reduce_sum
+
+    m = mask.to(torch.float64)
+    x64 = x.to(torch.float64)
+    total, squares, n = all_reduce_sum(torch.stack([(x64 * m).sum(), (x64 * x64 * m).sum(), m.sum()])).tolist()
+    mean = total / max(n, 1.0)
+    var = max(squares - n * mean * mean, 0.0) / max(n - 1.0, 1.0)
+    out = (x - mean) * (var + eps) ** -0.5
     if not shift_mean:
         out = out + mean
     return out * mask
@@ -82,8 +92,12 @@ class Aggregation:
 
     @classmethod
     def over(cls, mode: str, mask: torch.Tensor) -> Aggregation:
-        """Normalise by the tokens and sequences of ``mask``, a whole minibatch's loss mask."""
-        return cls(mode, float(mask.sum().clamp(min=1)), float((mask.sum(1) > 0).sum().clamp(min=1)))
+        """Normalise by the tokens and sequences of ``mask``, a whole minibatch's loss mask, counted over
+        every data-parallel rank's share of the minibatch (so the update does not depend on the split)."""
+        from searchr1.distributed import all_reduce_sum
+
+        tokens, sequences = all_reduce_sum(torch.stack([mask.sum(), (mask.sum(1) > 0).sum()]).float()).tolist()
+        return cls(mode, max(tokens, 1.0), max(sequences, 1.0))
 
 
 def clipped_policy_loss(

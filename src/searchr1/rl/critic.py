@@ -1,4 +1,4 @@
-"""PPO critic: the policy's transformer backbone with a scalar value head on every position."""
+"""The PPO critic: a value model (the policy's backbone with a scalar head) and its training role."""
 
 from __future__ import annotations
 
@@ -7,8 +7,14 @@ import copy
 import torch
 from torch import nn
 
+from searchr1.config import TrainConfig
+from searchr1.distributed import world_size
+from searchr1.rl.batch import Batch
+from searchr1.rl.core import Aggregation, value_loss
+from searchr1.rl.logprobs import hidden_or_logits, values_of
 
-class Critic(nn.Module):
+
+class ValueModel(nn.Module):
     """V(s_t) for every position t of a sequence: ``value_head(backbone(x).last_hidden_state)``."""
 
     def __init__(self, backbone: nn.Module, hidden_size: int):
@@ -29,7 +35,39 @@ class Critic(nn.Module):
         self.backbone.gradient_checkpointing_enable()
 
 
-def build_critic(policy: nn.Module) -> Critic:
-    """A critic initialised from a copy of ``policy``'s backbone (a HF ``*ForCausalLM``)."""
+def build_value_model(policy: nn.Module) -> ValueModel:
+    """A value model initialised from a copy of ``policy``'s backbone (a HF ``*ForCausalLM``)."""
     backbone = copy.deepcopy(getattr(policy, policy.base_model_prefix))
-    return Critic(backbone, policy.config.hidden_size).to(next(policy.parameters()).dtype)
+    return ValueModel(backbone, policy.config.hidden_size).to(next(policy.parameters()).dtype)
+
+
+class Critic:
+    """Scores positions with the value model and fits it to the returns (clipped value loss)."""
+
+    def __init__(self, engine: nn.Module, cfg: TrainConfig, micro_batch_size: int):
+        self.engine, self.cfg, self.micro_batch_size = engine, cfg, micro_batch_size
+
+    def mask(self, batch: Batch) -> torch.Tensor:
+        """Positions the value loss and GAE count: generated tokens only when ``train.mask_critic``."""
+        return batch.generated_mask if self.cfg.mask_critic else batch.valid_mask
+
+    def values(self, batch: Batch) -> torch.Tensor:
+        self.engine.eval()
+        return values_of(self.engine, batch, self.micro_batch_size)
+
+    def update(self, minibatch: Batch) -> dict[str, float]:
+        """One optimizer step over the minibatch in ``gas`` micro-batches (see ``Actor.update``)."""
+        gas = self.cfg.deepspeed.gradient_accumulation_steps
+        agg = Aggregation.over(self.cfg.loss_agg, self.mask(minibatch))
+        stats = {"value_loss": 0.0, "value_clip_frac": 0.0}
+        self.engine.train()
+        for mb in minibatch.split(gas):
+            values = hidden_or_logits(self.engine, mb)
+            loss, clip_frac = value_loss(
+                values, mb.old_values, mb.returns, self.mask(mb), self.cfg.clip_range_value, agg
+            )
+            self.engine.backward(loss * gas * world_size())
+            self.engine.step()
+            stats["value_loss"] += loss.item()
+            stats["value_clip_frac"] += clip_frac.item()
+        return stats

@@ -1,6 +1,14 @@
-"""RL trainer (PPO / GRPO / REINFORCE++) on DeepSpeed: rollout → advantages → clipped updates → sync.
+"""RL trainer (PPO / GRPO / REINFORCE++) on DeepSpeed: rollout → rewards → scores → advantages →
+updates → weight sync, data-parallel over any number of ranks.
 
-Each ``train_step`` reads top to bottom as the phases of one iteration, cleanrl style.
+``train_step`` reads top to bottom as the phases of one iteration, cleanrl style; the roles it calls
+are small: ``Actor`` (rl/actor.py), ``Critic`` (rl/critic.py), ``Reference`` (rl/reference.py), the
+reward (rl/reward.py) and the rollout worker (rl/rollout_worker.py, or any function of the same shape).
+
+Data parallelism: every rank draws the same global prompt list each step and rolls out its own
+contiguous share (rl/prompts.py); a sample's sampling seed depends on the step and the sample, never
+on the rank. Losses are normalised by counts over all ranks, so N ranks make the same update as one
+rank on the whole batch; metrics are reduced over ranks.
 """
 
 from __future__ import annotations
@@ -19,22 +27,31 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from searchr1 import distributed as dist
 from searchr1.config import Settings
 from searchr1.errors import SearchR1Error
 from searchr1.io import atomic_path, read_json, write_json
-from searchr1.rl import engine as E
-from searchr1.rl.batch import Batch, collate, forward_logprobs, hidden_or_logits, logprobs_of, values_of
-from searchr1.rl.core import Aggregation, clipped_policy_loss, kl_penalty, masked_mean, value_loss
-from searchr1.rl.critic import build_critic
+from searchr1.rl import deepspeed_engines as ds
+from searchr1.rl.actor import Actor
+from searchr1.rl.batch import Batch, collate
+from searchr1.rl.core import kl_penalty
+from searchr1.rl.critic import Critic, build_value_model
 from searchr1.rl.grpo import group_advantages, informative_rows
 from searchr1.rl.guard import CollapseGuard
 from searchr1.rl.ppo import compute_gae
+from searchr1.rl.prompts import PromptSampler, shard
+from searchr1.rl.reference import Reference
 from searchr1.rl.reinforce_pp import reinforce_pp_advantages
+from searchr1.rl.reward import token_rewards
 from searchr1.rollout.types import Sample
 
 log = logging.getLogger(__name__)
 
-RolloutFn = Callable[[torch.nn.Module, list[Any]], list[Sample]]
+# rollout(module, requests, step) -> one Sample per request, in order, with group_id and reward set.
+RolloutFn = Callable[[torch.nn.Module, list[Any], int], list[Sample]]
+# The update statistics every step logs (0 where no row was trained on), summed over ranks' shares.
+UPDATE_KEYS = ("policy_loss", "kl_loss", "clip_frac", "approx_kl", "entropy", "kl")
+CRITIC_KEYS = ("value_loss", "value_clip_frac")
 
 
 class CollapseError(SearchR1Error, RuntimeError):
@@ -45,24 +62,16 @@ class WeightSyncError(SearchR1Error, RuntimeError):
     """Pushing the new weights to the rollout engine failed or did not finish in ``train.sync_timeout_s``."""
 
 
-def _rank() -> int:
-    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-
-
-def _barrier() -> None:
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
-
-
 class RLTrainer:
-    """Train ``model`` on prompts ``items`` with rewards computed by ``rollout_fn``.
+    """Train ``model`` on prompts ``items`` with rewards computed by ``rollout``.
 
-    ``rollout_fn(model, items)`` gets each prompt item repeated ``num_generations`` times (adjacent)
-    and must return one ``Sample`` per item, in order, with ``group_id`` = the prompt's id and
-    ``reward`` filled in. ``sync_fn(state_dict)``, if given, pushes new weights to an external rollout
-    engine (e.g. vLLM) after each step; without it rollouts use the actor module itself.
-    ``log_fn(metrics, step)`` receives every step's metrics; ``eval_fn(model) -> dict`` runs every
-    ``train.eval_every`` steps and its results are logged with an ``eval/`` prefix.
+    ``rollout(module, requests, step)`` gets this rank's prompt items, each repeated
+    ``num_generations`` times (adjacent), and returns one ``Sample`` per request, in order, with
+    ``group_id`` = the prompt's id and ``reward`` filled in. ``sync_fn(state_dict)``, if given, pushes
+    new weights to this rank's external rollout engine (e.g. vLLM) after each update; without it
+    rollouts use the actor module itself. ``log_fn(metrics, step)`` receives every step's metrics on
+    rank 0; ``eval_fn(module) -> dict`` runs every ``train.eval_every`` steps on every rank (give each
+    rank its share of the held-out set and an ``n`` entry: results are averaged weighted by ``n``).
     """
 
     def __init__(
@@ -70,63 +79,182 @@ class RLTrainer:
         settings: Settings,
         model: torch.nn.Module,
         tokenizer: Any,
-        rollout_fn: RolloutFn,
+        rollout: RolloutFn,
         items: list[Any],
         log_fn: Callable[[dict[str, float], int], None] | None = None,
         eval_fn: Callable[[torch.nn.Module], dict[str, float]] | None = None,
         sync_fn: Callable[[Mapping[str, torch.Tensor]], None] | None = None,
     ):
         cfg = self.cfg = settings.train
-        if not items:
-            raise ValueError("RLTrainer: no training prompts")
-        gas = cfg.deepspeed.gradient_accumulation_steps
-        if cfg.minibatch_size % gas:
-            raise ValueError(
-                f"train.minibatch_size={cfg.minibatch_size} must be divisible by "
-                f"train.deepspeed.gradient_accumulation_steps={gas}"
-            )
-        batch_size = cfg.prompts_per_step * cfg.num_generations
-        if batch_size % cfg.minibatch_size:
-            raise ValueError(
-                f"train.prompts_per_step x train.num_generations = {batch_size} samples per step must be "
-                f"divisible by train.minibatch_size={cfg.minibatch_size}"
-            )
-        if cfg.filter_groups and cfg.num_generations < 2:
-            raise ValueError("train.filter_groups needs groups: set train.num_generations >= 2")
-        self.micro_batch_size = cfg.minibatch_size // gas
+        ds.init_distributed()
+        self.rank, self.world_size = dist.rank(), dist.world_size()
+        self.micro_batch_size = _micro_batch_size(cfg, self.world_size)
         self.temperature = settings.rollout.temperature if settings.rollout.temperature > 0 else 1.0
-        self.tokenizer, self.rollout_fn, self.items = tokenizer, rollout_fn, items
-        self.log_fn, self.eval_fn, self.sync_fn = log_fn, eval_fn, sync_fn
-        # REINFORCE++ has no critic and no KL loss: its KL always enters the token rewards.
-        self.kl_in_reward = cfg.kl_in_reward or cfg.algorithm == "reinforce_pp"
-        self.use_kl_loss = cfg.kl_coef > 0 and not self.kl_in_reward
+        self.tokenizer, self.rollout, self.log_fn, self.eval_fn, self.sync_fn = tokenizer, rollout, log_fn, eval_fn, sync_fn
+        self.prompts = PromptSampler(items, cfg.prompts_per_step, cfg.seed)
 
         _seed_everything(cfg.seed)
         # Copies are taken before DeepSpeed wraps (and under ZeRO-3 partitions) the actor.
         ref = copy.deepcopy(model) if cfg.kl_coef > 0 else None
-        critic = build_critic(model) if cfg.algorithm == "ppo" else None
-        self.actor = E.setup_engine(model, cfg.deepspeed, cfg.lr, self.micro_batch_size)
-        self.ref = E.setup_reference(ref, cfg.deepspeed) if ref is not None else None
-        self.critic = (
-            E.setup_engine(critic, cfg.deepspeed, cfg.critic_lr, self.micro_batch_size) if critic is not None else None
+        value_model = build_value_model(model) if cfg.algorithm == "ppo" else None
+        self.actor = Actor(
+            ds.setup_engine(model, cfg.deepspeed, cfg.lr, self.micro_batch_size), cfg, self.temperature,
+            self.micro_batch_size, use_kl_loss=cfg.kl_coef > 0 and not cfg.kl_in_reward,
         )
-        self.device = E.device()
+        self.reference = (
+            Reference(ds.setup_reference(ref, cfg.deepspeed), self.temperature, self.micro_batch_size, cfg.logprob_chunk)
+            if ref is not None else None
+        )
+        self.critic = (
+            Critic(ds.setup_engine(value_model, cfg.deepspeed, cfg.critic_lr, self.micro_batch_size), cfg, self.micro_batch_size)
+            if value_model is not None else None
+        )
+        self.device = ds.device()
         self.guard = CollapseGuard(cfg.collapse_min_entropy, cfg.collapse_max_kl, cfg.collapse_reward_drop)
         self.step = 0
-        self.data_epoch, self.data_pos = 0, 0
         self.history: list[dict[str, float]] = []
+        self.last_samples: list[Sample] = []  # the last step's samples of every rank (filled on rank 0)
 
-    # ----- data order: a seeded permutation per epoch; (epoch, position) is all the state -----
-    def _next_prompts(self) -> list[Any]:
-        n, out = self.cfg.prompts_per_step, []
-        while len(out) < n:
-            order = np.random.default_rng([self.cfg.seed, self.data_epoch]).permutation(len(self.items))
-            take = order[self.data_pos : self.data_pos + n - len(out)]
-            out.extend(self.items[i] for i in take)
-            self.data_pos += len(take)
-            if self.data_pos >= len(self.items):
-                self.data_epoch, self.data_pos = self.data_epoch + 1, 0
-        return out
+    # ----- one iteration -----
+    def train_step(self) -> dict[str, float]:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+
+        # 1. Rollout: this rank's share of the step's prompts, num_generations trajectories each.
+        prompts = shard(self.prompts.next_prompts(), self.rank, self.world_size)
+        requests = [item for item in prompts for _ in range(cfg.num_generations)]
+        with ds.gathered(self.actor.engine) as module:
+            module.eval()
+            samples = self.rollout(module, requests, self.step)
+        if len(samples) != len(requests):
+            raise ValueError(f"rollout returned {len(samples)} samples for {len(requests)} requests")
+        if self.step + 1 == cfg.steps:
+            self._keep_last_samples(samples)
+        t_rollout = time.perf_counter() - t0
+
+        # 2. Rewards are in Sample.reward. Keep the groups that carry a signal (DAPO's dynamic sampling,
+        #    without re-sampling): a group whose rewards are all equal has zero advantage under GRPO.
+        batch = collate(samples, mask_retrieved=cfg.mask_retrieved).to(self.device)
+        if cfg.filter_groups:
+            batch = batch.select(informative_rows(batch.rewards, batch.group_ids))
+        rows = int(dist.all_reduce_sum(torch.tensor([len(batch)]))[0])
+        if rows == 0:  # nothing to learn from this step
+            return self._finish_step(samples, 0, {}, t0, t_rollout, 0.0, 0.0)
+        # Every rank must run the same number of forward/backward passes (gradient reductions, ZeRO-3
+        # parameter gathers): pad each rank to the same row count with rows that weigh nothing.
+        batch = batch.padded(max(dist.all_reduce_max(len(batch)), cfg.deepspeed.gradient_accumulation_steps),
+                             like=collate(samples[:1], mask_retrieved=cfg.mask_retrieved).to(self.device))
+        minibatches = self._minibatches(len(batch))
+
+        # 3. Scores under the current actor (never the rollout engine's log-probs), the reference and
+        #    the critic. One epoch of one minibatch is on-policy: the update's own forward pass gives
+        #    the old log-probs (ratio 1, as verl does), so there is no separate pass.
+        on_policy = cfg.ppo_epochs == 1 and len(minibatches[0]) == 1 and not cfg.kl_in_reward
+        scores: dict[str, float] = {}
+        if not on_policy:
+            batch.old_logp, entropy = (t.to(self.device) for t in self.actor.logprobs(batch))
+            scores["entropy"] = _global_mean(entropy, batch.loss_mask)
+        if self.reference is not None:
+            batch.ref_logp = self.reference.logprobs(batch).to(self.device)
+            if not on_policy:
+                scores["kl"] = _global_mean(kl_penalty(batch.old_logp, batch.ref_logp, cfg.kl_estimator), batch.loss_mask)
+
+        # 4. Rewards per token, and advantages.
+        rewards = token_rewards(batch, cfg.kl_coef if cfg.kl_in_reward else 0.0, cfg.kl_estimator)
+        if cfg.algorithm == "ppo":
+            batch.old_values = self.critic.values(batch).to(self.device)
+            advantages, batch.returns = compute_gae(rewards, batch.old_values, self.critic.mask(batch), cfg.gamma, cfg.lam)
+            batch.advantages = advantages * batch.loss_mask
+        elif cfg.algorithm == "grpo":
+            batch.advantages = group_advantages(batch.rewards, batch.group_ids).to(self.device)[:, None] * batch.loss_mask
+        else:
+            batch.advantages, _ = reinforce_pp_advantages(rewards, batch.loss_mask, cfg.gamma)
+
+        # 5. ppo_epochs passes of minibatch updates (actor, then critic, one optimizer step each).
+        t_update = time.perf_counter()
+        self._set_lr()
+        stats = self._update(batch, minibatches)
+        t_update = time.perf_counter() - t_update
+
+        # 6. Weight sync to this rank's rollout engine.
+        t_sync = time.perf_counter()
+        self._sync_weights()
+        t_sync = time.perf_counter() - t_sync
+        return self._finish_step(samples, rows, stats | scores, t0, t_rollout, t_update, t_sync)
+
+    def _minibatches(self, local_rows: int) -> list[list[list[int]]]:
+        """Per epoch, this rank's rows in shuffled minibatches of about ``train.minibatch_size`` rows over
+        all ranks, each with at least one row per accumulation step (ranks hold equal row counts)."""
+        cfg, gas = self.cfg, self.cfg.deepspeed.gradient_accumulation_steps
+        n = max(1, min(round(local_rows * self.world_size / cfg.minibatch_size), local_rows // gas))
+        epochs = []
+        for epoch in range(cfg.ppo_epochs):
+            # Shuffle from (seed, step, epoch, rank) alone, so a resumed run shuffles identically.
+            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step * 1009 + epoch * 31 + self.rank)
+            perm = torch.randperm(local_rows, generator=gen)
+            epochs.append([part.tolist() for part in torch.tensor_split(perm, n)])
+        return epochs
+
+    def _update(self, batch: Batch, minibatches: list[list[list[int]]]) -> dict[str, float]:
+        """Every minibatch's update, with statistics summed over ranks and averaged over minibatches."""
+        keys = UPDATE_KEYS + (CRITIC_KEYS if self.critic is not None else ())
+        totals = torch.zeros(len(keys), dtype=torch.float64)
+        grad_norms = []
+        for epoch in minibatches:
+            for rows in epoch:
+                minibatch = batch.select(rows)
+                stats = self.actor.update(minibatch)
+                if self.critic is not None:
+                    stats |= self.critic.update(minibatch)
+                grad_norms.append(stats.pop("grad_norm"))
+                totals += torch.tensor([stats.get(k, 0.0) for k in keys], dtype=torch.float64)
+        n = sum(len(epoch) for epoch in minibatches)
+        totals = dist.all_reduce_sum(totals) / n  # each rank's share of a minibatch's mean adds up to it
+        return dict(zip(keys, totals.tolist())) | {"grad_norm": float(np.mean(grad_norms))}
+
+    def _finish_step(self, samples: list[Sample], trained: int, stats: dict, t0: float, t_rollout: float,
+                     t_update: float, t_sync: float) -> dict[str, float]:
+        """Advance the step counter and return the step's metrics, reduced over ranks: rewards over every
+        sample; losses, KL and entropy over the rows trained on."""
+        self.step += 1
+        step_time = time.perf_counter() - t0
+        rewards = [s.reward for s in samples]
+        sums = dist.all_reduce_sum(torch.tensor([
+            len(samples), sum(rewards), sum(r * r for r in rewards), sum(r >= 1 for r in rewards),
+            sum(len(s.response_ids) for s in samples), sum(sum(s.response_mask) for s in samples),
+            sum(s.num_searches for s in samples), sum(s.num_invalid for s in samples), sum(s.finished for s in samples),
+        ], dtype=torch.float64)).tolist()
+        n, reward, reward_sq, score, tokens, generated, searches, invalid, finished = sums
+        variance = (reward_sq - reward * reward / n) / (n - 1) if n > 1 else 0.0
+        untrained = UPDATE_KEYS + ("grad_norm",) + (CRITIC_KEYS if self.critic is not None else ())
+        return {
+            "reward_mean": reward / n,
+            "reward_std": max(variance, 0.0) ** 0.5,
+            "score": score / n,
+            **dict.fromkeys(untrained, 0.0),  # every step logs the same keys (DVC plots read rows alike)
+            **stats,
+            "lr": self._lr(self.cfg.lr),
+            "samples_trained": float(trained),
+            "response_length": tokens / n,
+            "generated_length": generated / n,
+            "searches_per_sample": searches / n,
+            "valid_search_ratio": searches / max(1.0, searches + invalid),
+            "finished_ratio": finished / n,
+            "tokens_per_s": tokens / step_time,  # all ranks' tokens
+            "rollout_time": t_rollout,
+            "scoring_time": step_time - t_rollout - t_update - t_sync,  # old/reference log-probs, values, advantages
+            "update_time": t_update,
+            "sync_time": t_sync,
+            "step_time": step_time,
+            "data_epoch": float(self.prompts.epoch),
+        }
+
+    def _keep_last_samples(self, samples: list[Sample]) -> None:
+        """Gather every rank's samples of the final step onto rank 0, each tagged with its rank."""
+        for s in samples:
+            s.rank = self.rank
+        gathered = dist.all_gather_objects(samples)
+        self.last_samples = [s for part in gathered for s in part] if self.rank == 0 else []
 
     def _lr(self, base: float) -> float:
         """Linear warmup over ``warmup_steps`` trainer steps, then constant (verl's default schedule)."""
@@ -134,202 +262,17 @@ class RLTrainer:
         return base * min(1.0, (self.step + 1) / w) if w > 0 else base
 
     def _set_lr(self) -> None:
-        for engine, base in ((self.actor, self.cfg.lr), (self.critic, self.cfg.critic_lr)):
-            if engine is not None:
-                for group in engine.optimizer.param_groups:
+        for role, base in ((self.actor, self.cfg.lr), (self.critic, self.cfg.critic_lr)):
+            if role is not None:
+                for group in role.engine.optimizer.param_groups:
                     group["lr"] = self._lr(base)
 
-    # ----- one iteration -----
-    def train_step(self) -> dict[str, float]:
-        cfg = self.cfg
-        t0 = time.perf_counter()
-
-        # 1. Sample prompts and roll out num_generations trajectories per prompt.
-        prompts = self._next_prompts()
-        requests = [item for item in prompts for _ in range(cfg.num_generations)]
-        with E.gathered(self.actor) as module:
-            module.eval()
-            samples = self.rollout_fn(module, requests)
-        if len(samples) != len(requests):
-            raise ValueError(f"rollout_fn returned {len(samples)} samples for {len(requests)} requests")
-        t_rollout = time.perf_counter() - t0
-
-        # 2. Rewards are in Sample.reward; collate and score every response token under the
-        #    CURRENT actor (never the rollout engine's log-probs), the reference, and the critic.
-        batch = collate(samples, mask_retrieved=cfg.mask_retrieved).to(self.device)
-        rewards = batch["rewards"]
-        if cfg.filter_groups:
-            # DAPO's dynamic sampling, without re-sampling: a group whose rewards are all equal has zero
-            # advantage, so it only dilutes the loss and costs scoring and update time.
-            keep = informative_rows(rewards, batch.group_ids)
-            batch = batch.select(keep) if keep else None
-        gas = cfg.deepspeed.gradient_accumulation_steps
-        if batch is None or len(batch) < gas:
-            return self._finish_step(samples, rewards, None, {}, t0, t_rollout, 0.0, 0.0)
-        # One epoch of one minibatch is on-policy: the old policy is the current one, so its log-probs
-        # come from the update's own forward pass (ratio 1, as verl does) instead of a separate pass.
-        on_policy = cfg.ppo_epochs == 1 and len(self._minibatches(len(batch), 0)) == 1 and not self.kl_in_reward
-        self.actor.eval()
-        entropy = None
-        if not on_policy:
-            old_logp, entropy = logprobs_of(self.actor, batch, self.micro_batch_size, self.temperature)
-            batch["old_logp"] = old_logp.to(self.device)
-        mask = batch["loss_mask"]
-        critic_mask = batch["generated_mask"] if cfg.mask_critic else batch["valid_mask"]
-        token_rewards = batch["token_rewards"]
-        kl = torch.zeros((), device=self.device)
-        if self.ref is not None:
-            ref_logp, _ = logprobs_of(self.ref, batch, self.micro_batch_size, self.temperature, with_entropy=False)
-            batch["ref_logp"] = ref_logp.to(self.device)
-            if not on_policy:
-                kl = masked_mean(kl_penalty(batch["old_logp"], batch["ref_logp"], cfg.kl_estimator), mask)
-            if self.kl_in_reward:  # per-token k1 penalty, an unbiased reward shaping term
-                token_rewards = token_rewards - cfg.kl_coef * kl_penalty(batch["old_logp"], batch["ref_logp"], "k1") * mask
-
-        # 3. Advantages.
-        if cfg.algorithm == "ppo":
-            self.critic.eval()
-            batch["old_values"] = values_of(self.critic, batch, self.micro_batch_size).to(self.device)
-            batch["advantages"], batch["returns"] = compute_gae(
-                token_rewards, batch["old_values"], critic_mask, cfg.gamma, cfg.lam
-            )
-            batch["advantages"] = batch["advantages"] * mask
-        elif cfg.algorithm == "grpo":
-            adv = group_advantages(batch["rewards"], batch.group_ids).to(self.device)
-            batch["advantages"] = adv[:, None] * mask
-        else:
-            batch["advantages"], _ = reinforce_pp_advantages(token_rewards, mask, cfg.gamma)
-
-        # 4. ppo_epochs passes of shuffled minibatch updates.
-        t_update = time.perf_counter()
-        self._set_lr()
-        stats = self._update(batch)
-        t_update = time.perf_counter() - t_update
-
-        # 5. Weight sync to the rollout engine.
-        t_sync = time.perf_counter()
-        self._sync_weights()
-        t_sync = time.perf_counter() - t_sync
-        if not on_policy:  # else the update measured them on the same rows
-            stats |= {"kl": kl.item(), "entropy": masked_mean(entropy.to(self.device), mask).item()}
-        return self._finish_step(samples, rewards, batch, stats, t0, t_rollout, t_update, t_sync)
-
-    def _finish_step(self, samples: list[Sample], rewards: torch.Tensor, batch: Batch | None, stats: dict,
-                     t0: float, t_rollout: float, t_update: float, t_sync: float) -> dict[str, float]:
-        """Advance the step counter and return the step's metrics (rewards over every sample; losses,
-        KL and entropy over the rows that were trained on)."""
-        cfg = self.cfg
-        self.step += 1
-        step_time = time.perf_counter() - t0
-        trained = len(batch) if batch is not None else 0
-        searches = sum(s.num_searches for s in samples)
-        n_tokens = sum(len(s.response_ids) for s in samples)
-        # Every step logs the same keys (DVC plots read rows alike): 0 where no row was trained on.
-        untrained = ("kl", "entropy", "policy_loss", "kl_loss", "clip_frac", "approx_kl", "grad_norm")
-        untrained += ("value_loss", "value_clip_frac") if self.critic is not None else ()
-        return {
-            "reward_mean": rewards.mean().item(),
-            "reward_std": rewards.std().item() if len(rewards) > 1 else 0.0,
-            "score": (rewards >= 1).float().mean().item(),
-            **dict.fromkeys(untrained, 0.0),
-            **stats,
-            "lr": self._lr(cfg.lr),
-            "samples_trained": float(trained),
-            "response_length": n_tokens / len(samples),
-            "generated_length": sum(sum(s.response_mask) for s in samples) / len(samples),
-            "searches_per_sample": searches / len(samples),
-            "valid_search_ratio": searches / max(1, searches + sum(s.num_invalid for s in samples)),
-            "finished_ratio": sum(s.finished for s in samples) / len(samples),
-            "tokens_per_s": n_tokens / step_time,
-            "rollout_time": t_rollout,
-            "scoring_time": step_time - t_rollout - t_update - t_sync,  # old/reference log-probs, values, advantages
-            "update_time": t_update,
-            "sync_time": t_sync,
-            "step_time": step_time,
-            "data_epoch": float(self.data_epoch),
-        }
-
-    def _minibatches(self, n_rows: int, epoch: int) -> list[list[int]]:
-        """Shuffled row indices in minibatches of about ``train.minibatch_size`` (fewer rows than a full
-        batch when groups were filtered), each with at least one row per gradient-accumulation step."""
-        cfg, gas = self.cfg, self.cfg.deepspeed.gradient_accumulation_steps
-        # Shuffle from (seed, step, epoch) alone, so a resumed run shuffles identically.
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step * 1009 + epoch)
-        perm = torch.randperm(n_rows, generator=gen)
-        n = max(1, min(round(n_rows / cfg.minibatch_size), n_rows // gas))
-        return [part.tolist() for part in torch.tensor_split(perm, n)]
-
-    def _update(self, batch: Batch) -> dict[str, float]:
-        """``ppo_epochs`` passes of minibatch updates. A minibatch is exactly ``gas`` micro-batches, so it
-        ends on one optimizer step, and its loss is aggregated over the whole minibatch (``train.loss_agg``)
-        whatever the micro-batch split: DeepSpeed divides each micro-batch loss by gas, we multiply back."""
-        cfg, sums, n_minibatches = self.cfg, {}, 0
-        gas = cfg.deepspeed.gradient_accumulation_steps
-        critic_key = "generated_mask" if cfg.mask_critic else "valid_mask"
-        self.actor.train()
-        if self.critic is not None:
-            self.critic.train()
-        for epoch in range(cfg.ppo_epochs):
-            for rows in self._minibatches(len(batch), epoch):
-                minibatch = batch.select(rows)
-                agg = Aggregation.over(cfg.loss_agg, minibatch["loss_mask"])
-                critic_agg = Aggregation.over(cfg.loss_agg, minibatch[critic_key])
-                stats: dict[str, float] = {}
-                for mb in minibatch.split(gas):
-                    m = mb["loss_mask"]
-                    on_policy = "old_logp" not in mb.tensors
-                    # The full-vocabulary entropy is costly: build its graph only when it is in the loss.
-                    logp, ent = forward_logprobs(
-                        self.actor, mb, self.temperature, with_entropy=cfg.entropy_coef > 0 or on_policy,
-                        entropy_grad=cfg.entropy_coef > 0,
-                    )
-                    old_logp = logp.detach() if on_policy else mb["old_logp"]
-                    pg_loss, clip_frac, approx_kl = clipped_policy_loss(
-                        logp, old_logp, mb["advantages"], m, cfg.clip_range, agg
-                    )
-                    loss = pg_loss
-                    if cfg.entropy_coef > 0:
-                        loss = loss - cfg.entropy_coef * agg(ent, m)
-                    kl_loss = torch.zeros(())
-                    if self.use_kl_loss:
-                        kl_loss = agg(kl_penalty(logp, mb["ref_logp"], cfg.kl_estimator), m)
-                        loss = loss + cfg.kl_coef * kl_loss
-                    self.actor.backward(loss * gas)
-                    self.actor.step()
-                    step_stats = {
-                        "policy_loss": pg_loss.item(),
-                        "kl_loss": kl_loss.item(),
-                        "clip_frac": clip_frac.item(),
-                        "approx_kl": approx_kl.item(),
-                    }
-                    if on_policy:  # the sampling policy's KL and entropy, measured by this very pass
-                        with torch.no_grad():
-                            step_stats["entropy"] = agg(ent, m).item()
-                            if "ref_logp" in mb.tensors:
-                                step_stats["kl"] = agg(kl_penalty(old_logp, mb["ref_logp"], cfg.kl_estimator), m).item()
-                    if self.critic is not None:
-                        values = hidden_or_logits(self.critic, mb)
-                        v_loss, v_clip = value_loss(
-                            values, mb["old_values"], mb["returns"], mb[critic_key], cfg.clip_range_value, critic_agg
-                        )
-                        self.critic.backward(v_loss * gas)
-                        self.critic.step()
-                        step_stats |= {"value_loss": v_loss.item(), "value_clip_frac": v_clip.item()}
-                    for k, v in step_stats.items():  # micro-batch shares add up to the minibatch's value
-                        stats[k] = stats.get(k, 0.0) + v
-                stats["grad_norm"] = float(self.actor.get_global_grad_norm() or 0.0)
-                for k, v in stats.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                n_minibatches += 1
-        return {k: v / max(n_minibatches, 1) for k, v in sums.items()}
-
     def _sync_weights(self) -> None:
-        """Push new weights to an external rollout engine; the HF engine shares the actor module."""
+        """Push the new weights to every rank's external rollout engine (the HF engine shares the actor
+        module), within ``train.sync_timeout_s``; if any rank fails, every rank raises."""
         if self.sync_fn is None:
             return
-        state = E.full_state_dict(self.actor)  # collective under ZeRO-3: every rank calls it
-        if _rank() != 0:
-            return
+        state = ds.full_state_dict(self.actor.engine)  # collective under ZeRO-3: every rank calls it
         error: list[BaseException] = []
 
         def push() -> None:
@@ -343,12 +286,10 @@ class RLTrainer:
         thread.start()
         thread.join(self.cfg.sync_timeout_s)
         if thread.is_alive():
-            raise WeightSyncError(
-                f"weight sync to the rollout engine did not finish within {self.cfg.sync_timeout_s:g} s "
-                f"(train.sync_timeout_s) at step {self.step}"
-            )
-        if error:
-            raise WeightSyncError(f"weight sync to the rollout engine failed at step {self.step}: {error[0]!r}") from error[0]
+            error.append(TimeoutError(f"did not finish within {self.cfg.sync_timeout_s:g} s (train.sync_timeout_s)"))
+        if dist.any_rank(bool(error)):
+            where = f"rank {self.rank}: {error[0]}" if error else "another rank failed"
+            raise WeightSyncError(f"weight sync to the rollout engine failed at step {self.step + 1} ({where})")
 
     # ----- loop -----
     def train(self, resume: bool = False) -> list[dict[str, float]]:
@@ -356,17 +297,15 @@ class RLTrainer:
         cfg = self.cfg
         if resume and (Path(cfg.out_dir) / "latest.json").exists():
             self.load_checkpoint()
-        bar = tqdm(total=cfg.steps, initial=self.step, desc=f"{cfg.algorithm} steps", disable=_rank() != 0)
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=f"{cfg.algorithm} steps", disable=self.rank != 0)
         while self.step < cfg.steps:
             metrics = self.train_step()
             reasons = self.guard.check(metrics)
             metrics["collapse"] = float(bool(reasons))
             if self.eval_fn is not None and self.step % cfg.eval_every == 0:
-                with E.gathered(self.actor) as module:
-                    module.eval()
-                    metrics |= {f"eval/{k}": float(v) for k, v in self.eval_fn(module).items()}
+                metrics |= self._evaluate()
             self.history.append(metrics)
-            if self.log_fn is not None and _rank() == 0:
+            if self.log_fn is not None and self.rank == 0:
                 self.log_fn(metrics, self.step)
             bar.update(1)
             bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", kl=f"{metrics['kl']:.3g}")
@@ -382,51 +321,70 @@ class RLTrainer:
         self.save_final()
         return self.history
 
+    def _evaluate(self) -> dict[str, float]:
+        """``eval_fn`` on every rank's share, averaged weighted by each share's ``n``."""
+        with ds.gathered(self.actor.engine) as module:
+            module.eval()
+            result = self.eval_fn(module)
+        n = float(result.get("n", 1.0))
+        keys = sorted(k for k in result if k != "n")
+        sums = dist.all_reduce_sum(torch.tensor([n] + [n * float(result[k]) for k in keys], dtype=torch.float64))
+        return {f"eval/{k}": (sums[i + 1] / max(sums[0], 1.0)).item() for i, k in enumerate(keys)}
+
     # ----- checkpoints -----
     def save_checkpoint(self) -> Path:
-        """Write ``out_dir/step_N`` (engines + RNG + data position) via a temp dir, then point latest.json at it."""
+        """Write ``out_dir/step_N`` (engines + per-rank RNG + data position) via a temp dir, then point
+        latest.json at it."""
         out = Path(self.cfg.out_dir)
         name = f"step_{self.step:06d}"
         final, tmp = out / name, out / f".{name}.tmp"
-        if _rank() == 0:
+        if self.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-        _barrier()
+        dist.barrier()
         # DeepSpeed checkpoints hold the fp32 master weights and optimizer state: reload is exact.
-        self.actor.save_checkpoint(str(tmp / "actor"), tag="ds", save_latest=False)
+        self.actor.engine.save_checkpoint(str(tmp / "actor"), tag="ds", save_latest=False)
         if self.critic is not None:
-            self.critic.save_checkpoint(str(tmp / "critic"), tag="ds", save_latest=False)
+            self.critic.engine.save_checkpoint(str(tmp / "critic"), tag="ds", save_latest=False)
         state = {
             "step": self.step,
-            "data_epoch": self.data_epoch,
-            "data_pos": self.data_pos,
+            "world_size": self.world_size,
+            "prompts": self.prompts.state_dict(),
             "guard": self.guard.state_dict(),
             "history": self.history,
             "rng": _rng_state(),
         }
-        torch.save(state, tmp / f"trainer_state_rank{_rank()}.pt")
-        _barrier()
-        if _rank() == 0:
+        torch.save(state, tmp / f"trainer_state_rank{self.rank}.pt")
+        dist.barrier()
+        if self.rank == 0:
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
             previous = read_json(out / "latest.json")["path"] if (out / "latest.json").exists() else None
-            write_json(out / "latest.json", {"step": self.step, "path": name})
+            write_json(out / "latest.json", {"step": self.step, "path": name, "world_size": self.world_size})
             if previous and previous != name:  # keep only the newest checkpoint
                 shutil.rmtree(out / previous, ignore_errors=True)
-        _barrier()
+        dist.barrier()
         return final
 
     def load_checkpoint(self) -> None:
         out = Path(self.cfg.out_dir)
-        path = out / read_json(out / "latest.json")["path"]
-        for engine, sub in ((self.actor, "actor"), (self.critic, "critic")):
-            if engine is None:
+        latest = read_json(out / "latest.json")
+        saved_world = int(latest.get("world_size", 1))
+        if saved_world != self.world_size:
+            raise ValueError(
+                f"{out / latest['path']}: saved by {saved_world} ranks, resumed with {self.world_size}; exact "
+                "resume needs the same number of ranks (each rank's data share and RNG are in the checkpoint)"
+            )
+        path = out / latest["path"]
+        for role, sub in ((self.actor, "actor"), (self.critic, "critic")):
+            if role is None:
                 continue
-            loaded, _ = engine.load_checkpoint(str(path / sub), tag="ds", load_lr_scheduler_states=False)
+            loaded, _ = role.engine.load_checkpoint(str(path / sub), tag="ds", load_lr_scheduler_states=False)
             if loaded is None:
                 raise FileNotFoundError(f"{path / sub}: no DeepSpeed checkpoint to resume from")
-        state = torch.load(path / f"trainer_state_rank{_rank()}.pt", weights_only=False)
-        self.step, self.data_epoch, self.data_pos = state["step"], state["data_epoch"], state["data_pos"]
+        state = torch.load(path / f"trainer_state_rank{self.rank}.pt", weights_only=False)
+        self.step = state["step"]
+        self.prompts.load_state_dict(state["prompts"])
         self.guard.load_state_dict(state["guard"])
         self.history = state["history"]
         _set_rng_state(state["rng"])
@@ -434,15 +392,34 @@ class RLTrainer:
 
     def save_final(self) -> Path:
         """Save the policy (HF ``save_pretrained`` + tokenizer) atomically to ``train.final_dir``."""
-        state = E.full_state_dict(self.actor)
+        state = ds.full_state_dict(self.actor.engine)
         final = Path(self.cfg.final_dir)
-        if _rank() == 0:
+        if self.rank == 0:
             with atomic_path(final) as tmp:
-                self.actor.module.save_pretrained(tmp, state_dict=state)
+                self.actor.engine.module.save_pretrained(tmp, state_dict=state)
                 if self.tokenizer is not None:
                     self.tokenizer.save_pretrained(tmp)
-        _barrier()
+        dist.barrier()
         return final
+
+
+def _micro_batch_size(cfg, world: int) -> int:
+    """Rows per micro-batch on each rank: the global minibatch over accumulation steps and ranks."""
+    gas = cfg.deepspeed.gradient_accumulation_steps
+    if cfg.prompts_per_step % world:
+        raise ValueError(f"train.prompts_per_step={cfg.prompts_per_step} must be divisible by the {world} ranks")
+    if cfg.minibatch_size % (gas * world):
+        raise ValueError(
+            f"train.minibatch_size={cfg.minibatch_size} (global) must be divisible by "
+            f"train.deepspeed.gradient_accumulation_steps={gas} x {world} ranks"
+        )
+    return cfg.minibatch_size // (gas * world)
+
+
+def _global_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
+    """The masked mean of ``x`` over every rank's rows."""
+    total, count = dist.all_reduce_sum(torch.stack([(x.float() * mask).sum(), mask.sum()]).float()).tolist()
+    return total / max(count, 1.0)
 
 
 def _seed_everything(seed: int) -> None:

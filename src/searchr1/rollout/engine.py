@@ -6,6 +6,8 @@ model's forward pass and KV cache (CPU or GPU), ``VLLMEngine`` (vllm_engine.py) 
 
 from __future__ import annotations
 
+import random
+
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
@@ -36,8 +38,13 @@ class Generation:
 @runtime_checkable
 class GenerationEngine(Protocol):
     def generate(
-        self, prompts: list[list[int]], max_new_tokens: int, sampling: SamplingSettings, stop: Sequence[str]
-    ) -> list[Generation]: ...
+        self, prompts: list[list[int]], max_new_tokens: int, sampling: SamplingSettings, stop: Sequence[str],
+        seeds: Sequence[int] | None = None,
+    ) -> list[Generation]:
+        """One generation per prompt. ``seeds`` (one per prompt) make each row's draws depend on its own
+        seed only, not on the other rows of the call (so how prompts are split over ranks or calls
+        never changes a sample); without them row i uses ``sampling.seed + i``."""
+        ...
 
     def update_weights(self, weights) -> None:
         """Load new policy weights (a state dict or a model with the same architecture)."""
@@ -129,6 +136,17 @@ def sample_tokens(logp: torch.Tensor, sampling: SamplingSettings, uniform: torch
     return torch.searchsorted(cdf, target, right=True).clamp_max(cdf.shape[-1] - 1)[:, 0]
 
 
+def row_seeds(n: int, seed: int | None, seeds: Sequence[int] | None) -> list[int]:
+    """One seed per row: the given ones, else ``seed + i``, else fresh random ones."""
+    if seeds is not None:
+        if len(seeds) != n:
+            raise ValueError(f"{len(seeds)} seeds for {n} prompts")
+        return [int(s) for s in seeds]
+    if seed is None:
+        return [random.getrandbits(62) for _ in range(n)]
+    return [seed + i for i in range(n)]
+
+
 class HFEngine:
     """Batched decoding on a transformers causal LM (CPU or GPU), with stop strings and sampled-token log-probs.
 
@@ -163,15 +181,16 @@ class HFEngine:
         self.model.eval()
 
     def generate(
-        self, prompts: list[list[int]], max_new_tokens: int, sampling: SamplingSettings, stop: Sequence[str] = ()
+        self, prompts: list[list[int]], max_new_tokens: int, sampling: SamplingSettings, stop: Sequence[str] = (),
+        seeds: Sequence[int] | None = None,
     ) -> list[Generation]:
         if not prompts:
             return []
+        seeds = row_seeds(len(prompts), sampling.seed, seeds)
         step = self.max_batch_size or len(prompts)
         out: list[Generation] = []
         for i in range(0, len(prompts), step):
-            seed = None if sampling.seed is None else sampling.seed + i
-            out.extend(self._generate_batch(prompts[i : i + step], max_new_tokens, sampling, stop, seed))
+            out.extend(self._generate_batch(prompts[i : i + step], max_new_tokens, sampling, stop, seeds[i : i + step]))
         return out
 
     def _watch(self, stop: Sequence[str], vocab_size: int, device: torch.device) -> _StopWatch:
@@ -181,7 +200,7 @@ class HFEngine:
         return self._watches[key]
 
     @torch.no_grad()
-    def _generate_batch(self, prompts, max_new_tokens, sampling, stop, seed) -> list[Generation]:
+    def _generate_batch(self, prompts, max_new_tokens, sampling, stop, seeds) -> list[Generation]:
         if any(len(p) == 0 for p in prompts):
             raise ValueError("empty prompt")
         device, n = self.device, len(prompts)
@@ -195,8 +214,7 @@ class HFEngine:
         positions = (attn.cumsum(-1) - 1).clamp_min(0)  # left padding shifts no row's positions
         greedy = sampling.greedy or sampling.temperature == 0
         temperature = 1.0 if greedy else sampling.temperature
-        gen = torch.Generator(device=device)
-        gen.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
+        rngs = [random.Random(seed) for seed in seeds]  # one stream per row: see row_seeds
         eos = torch.tensor(self.eos_ids, device=device)
 
         tokens: list[list[int]] = [[] for _ in range(n)]
@@ -209,12 +227,13 @@ class HFEngine:
         for t in range(max_new_tokens):
             logits = out.logits[:, -1].float()
             logp = torch.log_softmax(logits / temperature, -1)
-            uniform = None if greedy else torch.rand(n, generator=gen, device=device)[rows]
+            rows_l = rows.tolist()
+            uniform = None if greedy else torch.tensor([rngs[r].random() for r in rows_l], device=device)
             nxt = sample_tokens(logp, sampling, uniform)
             lp = logp.gather(-1, nxt[:, None])[:, 0]
             done = torch.isin(nxt, eos)
             maybe_stop = watch.candidates[nxt] & ~done if watch is not None else None
-            nxt_l, lp_l, rows_l, done_l = nxt.tolist(), lp.tolist(), rows.tolist(), done.tolist()
+            nxt_l, lp_l, done_l = nxt.tolist(), lp.tolist(), done.tolist()
             maybe_l = maybe_stop.tolist() if maybe_stop is not None else [False] * len(rows_l)
             for j, r in enumerate(rows_l):
                 tokens[r].append(nxt_l[j])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import time
+import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -150,6 +151,13 @@ def classify_turn(text: str) -> tuple[str, str | None]:
     return "invalid", None
 
 
+def sample_seed(seed: int, turn: int, uid: str) -> int:
+    """A sample's sampling seed for one turn, from the call's seed and the sample's own uid: the same
+    whichever rank, batch or position the sample is generated in (data-parallel runs split prompts
+    over ranks, and the samples must not change with the split)."""
+    return zlib.crc32(f"{seed}:{turn}:{uid}".encode())
+
+
 def run_rollout(
     engine: GenerationEngine,
     tokenizer,
@@ -232,7 +240,8 @@ def run_rollout(
         sampling = SamplingSettings(cfg.temperature, cfg.top_p, cfg.top_k, base_seed + 1000 * turn, greedy)
         budgets = [min(cfg.max_turn_tokens, ep.room) for ep in active]
         gens = engine.generate(
-            [ep.sample.prompt_ids + ep.sample.response_ids for ep in active], max(budgets), sampling, stop
+            [ep.sample.prompt_ids + ep.sample.response_ids for ep in active], max(budgets), sampling, stop,
+            seeds=[sample_seed(base_seed, turn, ep.sample.uid) for ep in active],
         )
         searching: list[tuple[_Episode, Turn]] = []
         for ep, gen, budget in zip(active, gens, budgets):

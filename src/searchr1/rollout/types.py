@@ -38,6 +38,7 @@ class Sample:
     num_invalid: int = 0
     truncated: dict[str, int] = field(default_factory=dict)  # counters: prompt/turn/obs/total/repeat (loop.TRUNCATIONS)
     metrics: dict[str, float] = field(default_factory=dict)  # em / substring_em / f1 of ``answer``
+    rank: int = 0  # the data-parallel rank that generated it (RL training)
 
     def to_record(self) -> dict:
         """JSON-serialisable trajectory record (for trajectories.jsonl and the viewer)."""

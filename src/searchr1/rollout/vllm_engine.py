@@ -9,10 +9,10 @@ from collections.abc import Sequence
 
 import torch
 
-from searchr1.rollout.engine import Generation, SamplingSettings, repeating_tail
+from searchr1.rollout.engine import Generation, SamplingSettings, repeating_tail, row_seeds
 
 
-def sampling_params(sampling: SamplingSettings, max_new_tokens: int, stop: Sequence[str]):
+def sampling_params(sampling: SamplingSettings, max_new_tokens: int, stop: Sequence[str], seed: int | None = None):
     """Map our settings to vLLM SamplingParams: stop strings kept in the output, sampled-token log-probs."""
     from vllm import SamplingParams
 
@@ -23,7 +23,7 @@ def sampling_params(sampling: SamplingSettings, max_new_tokens: int, stop: Seque
         temperature=0.0 if greedy else sampling.temperature,
         top_p=1.0 if greedy else sampling.top_p,
         top_k=-1 if greedy or sampling.top_k == 0 else sampling.top_k,
-        seed=sampling.seed,
+        seed=sampling.seed if seed is None else seed,
         stop=list(stop) or None,
         include_stop_str_in_output=True,  # the closing tag is a policy action: it must be trained on
         logprobs=0,  # 0 = only the sampled token's log-prob
@@ -42,11 +42,13 @@ class VLLMEngine:
         )
 
     def generate(
-        self, prompts: list[list[int]], max_new_tokens: int, sampling: SamplingSettings, stop: Sequence[str] = ()
+        self, prompts: list[list[int]], max_new_tokens: int, sampling: SamplingSettings, stop: Sequence[str] = (),
+        seeds: Sequence[int] | None = None,
     ) -> list[Generation]:
         if not prompts:
             return []
-        params = sampling_params(sampling, max_new_tokens, stop)
+        # A seed per request: a row's sample does not depend on the other requests of the call.
+        params = [sampling_params(sampling, max_new_tokens, stop, s) for s in row_seeds(len(prompts), sampling.seed, seeds)]
         outs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         return [_to_generation(o.outputs[0]) for o in outs]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from searchr1.config import DeepSpeedConfig
-from searchr1.rl.engine import ds_config, use_bf16
+from searchr1.rl.deepspeed_engines import ds_config, use_bf16
 
 
 def test_bf16_auto_only_with_cuda_bf16_support():
@@ -38,11 +38,11 @@ def test_a_child_of_a_self_initialised_process_gets_its_own_port():
     import sys
 
     script = (
-        "import os, sys; from searchr1.rl.engine import init_distributed; init_distributed(); "
+        "import os, sys; from searchr1.rl.deepspeed_engines import init_distributed; init_distributed(); "
         "import torch.distributed as d; print('PORT', os.environ['MASTER_PORT'], d.get_world_size()); sys.stdout.flush(); "
         "import subprocess; subprocess.run([sys.executable, '-c', sys.argv[1]], check=True)"
     )
-    child = ("import os; from searchr1.rl.engine import init_distributed; init_distributed(); "
+    child = ("import os; from searchr1.rl.deepspeed_engines import init_distributed; init_distributed(); "
              "import torch.distributed as d; print('PORT', os.environ['MASTER_PORT'], d.get_world_size())")
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     out = subprocess.run([sys.executable, "-c", script, child], env=env, capture_output=True, text=True, timeout=120)

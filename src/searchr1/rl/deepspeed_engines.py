@@ -132,10 +132,7 @@ def gathered(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The full (unsharded) state dict on CPU, e.g. to sync weights to a rollout engine or save."""
-    if is_zero3(model):
-        state = model._zero3_consolidated_16bit_state_dict()
-    else:
-        module = model.module if isinstance(model, deepspeed.DeepSpeedEngine) else model
-        state = module.state_dict()
-    return {k: v.detach().cpu().clone() for k, v in state.items()}
+    """The full (unsharded) state dict on CPU, on every rank, e.g. to sync weights to each rank's rollout
+    engine or save. Under ZeRO-3 it is a collective: every rank must call it."""
+    with gathered(model) as module:
+        return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
