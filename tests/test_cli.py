@@ -41,7 +41,7 @@ def test_named_profile_is_read_from_profiles_and_a_missing_one_is_a_clear_error(
 
     monkeypatch.chdir(Path(__file__).resolve().parent.parent)  # the project root holds profiles/
     assert main(["config", "--profile", "long"]) == 0
-    assert "steps: 150" in capsys.readouterr().out
+    assert "steps: 250" in capsys.readouterr().out
     assert main(["config", "--profile", "nope"]) == 2
     err = capsys.readouterr().err
     assert "profile 'nope'" in err and "long" in err
