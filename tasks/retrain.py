@@ -40,7 +40,7 @@ def init_source(params: str = "params.yaml", overrides: list[str] | None = None)
     return retrain.init_source(load_settings(params, overrides or []))
 
 
-@task(name="train-launched", retries=1, retry_delay_seconds=10, retry_condition_fn=_transient)
+@task(name="train-launched", retries=0)  # a whole training run is never restarted from scratch
 def launched_train(params: str = "params.yaml", overrides: list[str] | None = None) -> dict:
     overrides = overrides or []
     settings = load_settings(params, overrides)

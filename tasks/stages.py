@@ -1,7 +1,10 @@
 """One Prefect task per pipeline stage. Each loads the settings and calls the stage function.
 
-Retries are for transient failures only (I/O, a server not up yet): bad settings or bad data
-fail at once with the error that names the problem.
+Prefect retries only what a whole stage may retry: the cheap, idempotent data stages, on a transient
+failure (I/O). Bad settings or bad data fail at once with the error that names the problem; a
+retrieval error comes after the HTTP client's own retries (retrieval/client.py), so it is not retried
+again; and the long stages (sft, train, evaluate) are not re-run from scratch: train resumes from its
+checkpoint with `searchr1 train --resume`, evaluation from its saved predictions.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from prefect import get_run_logger, task
 from searchr1 import stages
 from searchr1.config import ConfigError, load_settings
 from searchr1.io import DataError
+from searchr1.retrieval.base import RetrievalError
 from tasks.caching import cached_result, input_key, record_success
 
 
@@ -18,7 +22,7 @@ def _transient(task, task_run, state) -> bool:
     """Retry unless the failure is a user error that a retry cannot fix."""
     try:
         state.result()
-    except (ConfigError, DataError, FileNotFoundError, ValueError):
+    except (ConfigError, DataError, FileNotFoundError, ValueError, RetrievalError):
         return False
     except Exception:
         return True
@@ -53,8 +57,8 @@ corpus = stage_task("corpus")
 qa = stage_task("qa")
 index = stage_task("index")
 policy = stage_task("policy")
-sft = stage_task("sft")
-train = stage_task("train")
+sft = stage_task("sft", retries=0)
+train = stage_task("train", retries=0)
 evaluate = stage_task("evaluate", retries=0)
 promote = stage_task("promote", retries=0)
 

@@ -106,11 +106,15 @@ def test_bootstrap_interval_is_degenerate_for_constant_scores_and_wide_for_mixed
     assert lo < 0.5 < hi and hi - lo > 0.1
 
 
-def test_promotion_rule():
+def test_promotion_needs_the_paired_ci_above_the_margin_not_a_higher_point_estimate():
     assert decide(0.3, None, 0.0)[0] is True
-    assert decide(0.31, 0.30, 0.0)[0] is True
-    assert decide(0.30, 0.30, 0.0)[0] is False
-    assert decide(0.32, 0.30, 0.05)[0] is False
+    # the case: 0.31 vs 0.30 on 100 questions, CI straddling 0
+    promoted, reason = decide(0.31, 0.30, 0.0, {"diff": 0.01, "ci_low": -0.04, "ci_high": 0.06})
+    assert not promoted and "not shown better" in reason and "[-0.0400, +0.0600]" in reason
+    assert decide(0.40, 0.30, 0.0, {"diff": 0.10, "ci_low": 0.05, "ci_high": 0.15})[0] is True
+    assert decide(0.40, 0.30, 0.06, {"diff": 0.10, "ci_low": 0.05, "ci_high": 0.15})[0] is False
+    with pytest.raises(PromotionError, match="no paired comparison"):
+        decide(0.40, 0.30, 0.0)
     with pytest.raises(PromotionError, match="partial"):
         check_evaluation({"complete": False, "average": {"em": 0.9}}, "em")
     with pytest.raises(PromotionError, match="no average"):
@@ -131,8 +135,13 @@ def test_registry_champion_and_challenger_and_loading_the_champion(project, tmp_
     name = "test-policy"
 
     def promote(score, champion_score):
+        paired = None
+        if champion_score is not None:  # a clear difference either way, as eval.json's comparisons give it
+            d = score - champion_score
+            paired = {"diff": d, "ci_low": d - 0.02, "ci_high": d + 0.02}
         with stage_run(cfg, "promote") as run:
-            return register_and_promote(root / "policy", name, score, champion_score, "evalset", 0.0, run.run_id, {"git.commit": "abc"})
+            return register_and_promote(root / "policy", name, score, champion_score, "evalset", 0.0, run.run_id,
+                                        {"git.commit": "abc"}, paired)
 
     first = promote(0.20, None)
     assert first.promoted and first.version == "1"
@@ -147,6 +156,8 @@ def test_registry_champion_and_challenger_and_loading_the_champion(project, tmp_
     assert better.promoted and str(client.get_model_version_by_alias(name, "champion").version) == better.version
     version = client.get_model_version(name, better.version)
     assert version.tags["git.commit"] == "abc" and version.tags["eval.score"] == "0.3"
+    assert version.tags["eval.ci_low"] == "0.0800" and version.tags["eval.champion_version"] == "1"
+    assert "becomes champion" in version.tags["promotion.reason"]
 
     mlflow.set_tracking_uri(cfg.tracking_uri)
     model, tok = load_policy(f"models:/{name}@champion")

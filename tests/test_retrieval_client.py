@@ -57,6 +57,29 @@ def test_4xx_is_not_retried_and_5xx_gives_up():
     assert len(calls) == 4
 
 
+def test_attempts_counted_a_400_once_a_503_then_success_twice_and_429_waits_for_retry_after():
+    script = {"bad": [400], "flaky": [503, 200], "busy": [429, 200]}
+    seen: dict[str, int] = {}
+
+    def handler(request):
+        q = __import__("json").loads(request.content)["queries"][0]
+        status = script[q][seen.get(q, 0)]
+        seen[q] = seen.get(q, 0) + 1
+        if status == 200:
+            return httpx.Response(200, json={"result": [[{"document": {"id": "1", "contents": "x"}, "score": 1.0}]]})
+        headers = {"Retry-After": "0.3"} if status == 429 else {}
+        return httpx.Response(status, text="no", headers=headers)
+
+    client = RetrievalClient("http://x:1", retries=3, backoff_s=0.01, transport=httpx.MockTransport(handler))
+    with pytest.raises(RetrievalError, match="HTTP 400"):
+        client.search(["bad"])
+    assert client.attempts == 1
+    assert client.search(["flaky"])[0][0].id == "1" and client.attempts == 2
+    t0 = time.monotonic()
+    assert client.search(["busy"])[0][0].id == "1" and client.attempts == 2
+    assert time.monotonic() - t0 >= 0.3  # waited as the server asked
+
+
 def test_large_batches_are_split_under_the_server_limit():
     sizes = []
 

@@ -105,7 +105,7 @@ def tok(request):
 
 Q1 = "Who founded the capital of Zorbland"
 Q2 = "Where was Mira Fenwick born"
-CFG = RolloutConfig(max_turns=3, max_turn_tokens=64, retrieval_backoff_s=0.0)
+CFG = RolloutConfig(max_turns=3, max_turn_tokens=64)
 
 
 def items(*qs):
@@ -194,17 +194,14 @@ def test_reward_ignores_the_instruction_example_answer(smol):
     assert s.answer is None and s.reward == 0.0 and s.num_invalid == CFG.max_turns + 1
 
 
-def test_retriever_failure_retries_then_raises(smol):
+def test_a_retriever_failure_is_not_retried_by_the_rollout(smol):
+    """The HTTP client is the one place that retries (transient errors only); the rollout calls once."""
     tok = smol
     script = {Q1: [enc(tok, "<search> Zorbland </search>"), enc(tok, "<answer> Quilltown </answer>")]}
-    flaky = KeywordRetriever(fail_times=2)
-    res = run_rollout(ScriptedEngine(tok, script), tok, items(Q1), flaky, CFG.model_copy(update={"retrieval_retries": 2}))
-    assert len(flaky.calls) == 3 and res.samples[0].num_searches == 1  # recovered on the last retry
-
-    down = KeywordRetriever(fail_times=10)
-    with pytest.raises(RetrievalError, match="after 3 attempts"):
-        run_rollout(ScriptedEngine(tok, script), tok, items(Q1), down, CFG.model_copy(update={"retrieval_retries": 2}))
-    assert len(down.calls) == 3
+    down = KeywordRetriever(fail_times=1)
+    with pytest.raises(RetrievalError):
+        run_rollout(ScriptedEngine(tok, script), tok, items(Q1), down, CFG)
+    assert len(down.calls) == 1
 
 
 def test_observation_truncation_keeps_titles_and_closing_tag(tok):

@@ -138,7 +138,7 @@ def test_rollout_with_real_engine_trains_only_on_sampled_tokens(smol, model):
     """End to end: recomputing log-probs over prompt+response reproduces the engine's at every mask-1
     position, so ids, order and mask are aligned; observation positions carry 0.0."""
     engine = HFEngine(model, smol)
-    cfg = RolloutConfig(max_turns=1, max_turn_tokens=6, temperature=1.0, seed=1, retrieval_backoff_s=0)
+    cfg = RolloutConfig(max_turns=1, max_turn_tokens=6, temperature=1.0, seed=1)
     items = [{"id": "a", "question": "Where is Ostara", "golden_answers": ["x"]},
              {"id": "b", "question": "Who founded Quilltown", "golden_answers": ["y"]}]
 

@@ -9,7 +9,7 @@ from searchr1.rollout.trajectories import load_trajectories, save_trajectories
 from searchr1.rollout.viewer import render_html, write_viewer
 from tests.test_rollout import Q1, KeywordRetriever, ScriptedEngine, enc, items
 
-CFG = RolloutConfig(max_turns=2, max_turn_tokens=64, retrieval_backoff_s=0.0)
+CFG = RolloutConfig(max_turns=2, max_turn_tokens=64)
 
 
 def script(tok):

@@ -154,8 +154,6 @@ class RolloutConfig(Section):
     seed: int = 0
     vllm_tensor_parallel_size: int = Field(1, ge=1)
     vllm_gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
-    retrieval_retries: int = Field(2, ge=0, description="Retries of a failed retriever call before RetrievalError.")
-    retrieval_backoff_s: float = Field(0.5, ge=0, description="First retry delay; doubles each retry.")
 
 
 class RewardConfig(Section):
@@ -322,8 +320,11 @@ class EvaluationConfig(Section):
 
 class RegistryConfig(Section):
     model_name: str = "searchr1-policy"
-    metric: str = "em"
-    margin: float = Field(0.0, ge=0)
+    metric: Literal["em"] = Field("em", description="The paired comparison with the champion is on exact match.")
+    margin: float = Field(
+        0.0, ge=0, description="Champion only when the lower bound of the paired 95% CI of challenger - champion "
+        "EM on the same questions exceeds this."
+    )
 
 
 class TrackingConfig(Section):

@@ -300,6 +300,8 @@ def _comparison_pairs(cfg) -> list[tuple[str, str]]:
     search-r1 beat rag and direct, with the same model and with the starting model?"""
     first, *later = cfg.models
     pairs = [(f"{model}/{method}", f"{first}/{method}") for model in later for method in cfg.methods]
+    # The promotion question: is the new policy better than the registry champion on the same questions?
+    pairs += [(f"policy/{method}", f"champion/{method}") for method in cfg.methods if "policy" in cfg.models]
     if "search-r1" in cfg.methods:
         for base in ("rag", "direct"):
             if base in cfg.methods:
@@ -323,6 +325,7 @@ def promote(settings: Settings) -> dict:
     score = check_evaluation({"complete": evaluation.get("complete"), "average": policy["average"]}, cfg.metric)
     champion = evaluation["results"].get(f"champion/{key}")
     champion_score = None if champion is None else float(champion["average"][cfg.metric])
+    paired = evaluation.get("comparisons", {}).get(f"policy/{key} - champion/{key}")
     started = time.time()
     model_dir = settings.train.final_dir
     with stage_run(settings.tracking, "promote", params={"registry": cfg.model_dump()}) as run:
@@ -337,7 +340,7 @@ def promote(settings: Settings) -> dict:
         }
         decision = register_and_promote(
             model_dir, cfg.model_name, score, champion_score, eval_set=path_hash(Path(settings.qa.out_dir) / "test.jsonl"),
-            margin=cfg.margin, run_id=run.run_id, tags=tags,
+            margin=cfg.margin, run_id=run.run_id, tags=tags, paired=paired,
         )
         record = decision_record(decision)
         run.set_tags({"promoted": decision.promoted, "reason": decision.reason})

@@ -2,8 +2,10 @@
 
 A version is the policy's Hugging Face checkpoint directory (weights, tokenizer, generation config)
 logged as run artifacts, tagged with what made it. The new version gets alias ``challenger``; it
-becomes ``champion`` only if its score on the same evaluation set beats the champion's by
-``margin`` (the first version becomes champion). A failed or partial evaluation never promotes.
+becomes ``champion`` only if it is shown better than the champion on the same questions: the lower
+bound of the paired 95% bootstrap CI of (challenger EM - champion EM) must exceed ``margin``. A point
+estimate is not enough (one question in a hundred is noise). The first version becomes champion; a
+failed or partial evaluation never promotes.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ class Decision:
     champion_score: float | None
     champion_version: str | None
     reason: str
+    diff: float | None = None  # challenger - champion, paired on the same questions
+    ci_low: float | None = None
+    ci_high: float | None = None
 
 
 def champion_version(model_name: str):
@@ -55,13 +60,19 @@ def check_evaluation(evaluation: dict, metric: str) -> float:
         raise PromotionError(f"evaluation has no average {metric!r}: nothing promoted") from None
 
 
-def decide(score: float, champion_score: float | None, margin: float) -> tuple[bool, str]:
-    """The promotion rule, as a pure function."""
+def decide(score: float, champion_score: float | None, margin: float, paired: dict | None = None) -> tuple[bool, str]:
+    """The promotion rule, as a pure function: champion only when the paired 95% CI of challenger -
+    champion (``paired``: diff, ci_low, ci_high from ``evaluation.metrics.paired_difference``) lies
+    above ``margin``."""
     if champion_score is None:
         return True, "first version: becomes champion"
-    if score > champion_score + margin:
-        return True, f"{score:.4f} > champion {champion_score:.4f} + margin {margin}"
-    return False, f"{score:.4f} <= champion {champion_score:.4f} + margin {margin}: stays challenger"
+    if paired is None:
+        raise PromotionError("the champion was evaluated but there is no paired comparison with it: nothing promoted")
+    shown = (f"{score:.4f} vs champion {champion_score:.4f}: paired difference {paired['diff']:+.4f}, "
+             f"95% CI [{paired['ci_low']:+.4f}, {paired['ci_high']:+.4f}]")
+    if paired["ci_low"] > margin:
+        return True, f"{shown}; lower bound > margin {margin}: becomes champion"
+    return False, f"{shown}; lower bound <= margin {margin}: not shown better, stays challenger"
 
 
 def register_and_promote(
@@ -73,11 +84,12 @@ def register_and_promote(
     margin: float,
     run_id: str,
     tags: dict[str, str],
+    paired: dict | None = None,
 ) -> Decision:
     """Log ``model_dir`` to ``run_id``, register it, set ``challenger``, and maybe ``champion``.
 
     ``champion_score`` is the current champion's score measured on the same ``eval_set`` in the same
-    evaluation (None when there is no champion).
+    evaluation (None when there is no champion); ``paired`` the paired difference with it (see ``decide``).
     """
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -93,12 +105,18 @@ def register_and_promote(
         client.create_registered_model(model_name)
     except MlflowException:
         pass  # already exists
+    promoted, reason = decide(score, champion_score, margin, paired)  # before registering: a bad input registers nothing
     source = f"{client.get_run(run_id).info.artifact_uri}/policy"
-    version = client.create_model_version(
-        model_name, source=source, run_id=run_id, tags={**tags, "eval.set": eval_set, "eval.score": str(score)}
-    )
+    version_tags = {**tags, "eval.set": eval_set, "eval.score": str(score), "promotion.reason": reason}
+    if paired is not None and current is not None:
+        version_tags |= {
+            "eval.champion_version": str(current.version),
+            "eval.diff_vs_champion": f"{paired['diff']:.4f}",
+            "eval.ci_low": f"{paired['ci_low']:.4f}",
+            "eval.ci_high": f"{paired['ci_high']:.4f}",
+        }
+    version = client.create_model_version(model_name, source=source, run_id=run_id, tags=version_tags)
     client.set_registered_model_alias(model_name, CHALLENGER, version.version)
-    promoted, reason = decide(score, champion_score, margin)
     if promoted:
         client.set_registered_model_alias(model_name, CHAMPION, version.version)
     decision = Decision(
@@ -109,6 +127,7 @@ def register_and_promote(
         champion_score=champion_score,
         champion_version=None if current is None else str(current.version),
         reason=reason,
+        **({k: paired[k] for k in ("diff", "ci_low", "ci_high")} if paired is not None and current is not None else {}),
     )
     log.info("registry: %s v%s: %s", model_name, version.version, reason)
     return decision

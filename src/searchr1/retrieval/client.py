@@ -1,4 +1,9 @@
-"""HTTP retriever client: pooled connections, timeouts, bounded retries with exponential backoff.
+"""HTTP retriever client: pooled connections, timeouts, and the project's one retry policy.
+
+Only transient failures are retried (connection errors, timeouts, HTTP 429 and 5xx), a bounded number
+of times with exponential backoff and jitter (tenacity), honouring a server's Retry-After. A 4xx is the
+request's fault and fails at once. Nothing above this client retries a retrieval again: the rollout
+calls it once, and Prefect retries only whole stages.
 
 Reads both Search-R1 response shapes (with and without scores), so it also works against
 Search-R1's own ``retrieval_server.py``.
@@ -6,11 +11,20 @@ Search-R1's own ``retrieval_server.py``.
 
 from __future__ import annotations
 
-import time
-
 import httpx
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from searchr1.retrieval.base import Doc, RetrievalError
+
+MAX_RETRY_AFTER_S = 30.0  # a server asking for longer than this is treated as down
+
+
+class TransientError(RetrievalError):
+    """A failure that may pass on its own: connection, timeout, HTTP 429 or 5xx."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 def _parse_doc(item: dict) -> Doc:
@@ -21,6 +35,14 @@ def _parse_doc(item: dict) -> Doc:
     return Doc(id=str(doc.get("id", "")), contents=contents, score=float(score))
 
 
+def _retry_after(resp: httpx.Response) -> float | None:
+    try:
+        seconds = float(resp.headers.get("retry-after", ""))
+    except ValueError:
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+
+
 class RetrievalClient:
     def __init__(self, url: str, topk: int = 3, timeout_s: float = 30.0, retries: int = 3,
                  token: str | None = None, max_batch: int = 512, backoff_s: float = 0.2,
@@ -28,6 +50,7 @@ class RetrievalClient:
         base = url.rstrip("/")
         self.url = base if base.endswith("/retrieve") else base + "/retrieve"
         self.topk, self.retries, self.max_batch, self.backoff_s = topk, retries, max_batch, backoff_s
+        self.attempts = 0  # HTTP attempts of the last request (tests and logs)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(timeout=httpx.Timeout(timeout_s), headers=headers,
                                  limits=httpx.Limits(max_keepalive_connections=16), transport=transport)
@@ -41,29 +64,41 @@ class RetrievalClient:
 
     def _post(self, queries: list[str], topk: int) -> list[list[Doc]]:
         body = {"queries": queries, "topk": topk, "return_scores": True}
-        last = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
-            try:
-                resp = self.http.post(self.url, json=body)
-            except httpx.TransportError as exc:
-                last = f"{type(exc).__name__}: {exc}"
-                continue
-            if resp.status_code >= 500:
-                last = f"HTTP {resp.status_code}: {resp.text[:300]}"
-                continue
-            if resp.status_code != 200:  # a client error will not fix itself: no retry
-                raise RetrievalError(f"retrieval server {self.url} rejected the request: HTTP {resp.status_code}: {resp.text[:300]}")
-            try:
-                result = resp.json()["result"]
-                docs = [[_parse_doc(item) for item in row] for row in result]
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                raise RetrievalError(f"retrieval server {self.url} sent a malformed response: {exc!r}") from None
-            if len(docs) != len(queries):
-                raise RetrievalError(f"retrieval server {self.url} answered {len(docs)} rows for {len(queries)} queries")
-            return docs
-        raise RetrievalError(f"retrieval server {self.url} failed after {self.retries + 1} attempts: {last}")
+        backoff = wait_exponential_jitter(initial=self.backoff_s, max=10 * max(self.backoff_s, 0.1), jitter=self.backoff_s)
+
+        def wait(state: RetryCallState) -> float:  # the server's Retry-After when it gave one
+            exc = state.outcome.exception() if state.outcome else None
+            asked = getattr(exc, "retry_after_s", None)
+            return max(asked, backoff(state)) if asked is not None else backoff(state)
+
+        retrying = Retrying(
+            stop=stop_after_attempt(self.retries + 1), wait=wait,
+            retry=retry_if_exception_type(TransientError), reraise=True,
+        )
+        self.attempts = 0
+        try:
+            return retrying(self._post_once, body, len(queries))
+        except TransientError as exc:
+            raise RetrievalError(f"retrieval server {self.url} failed after {self.attempts} attempts: {exc}") from None
+
+    def _post_once(self, body: dict, n_queries: int) -> list[list[Doc]]:
+        self.attempts += 1
+        try:
+            resp = self.http.post(self.url, json=body)
+        except httpx.TransportError as exc:
+            raise TransientError(f"{type(exc).__name__}: {exc}") from None
+        if resp.status_code == 429 or resp.status_code >= 500:
+            raise TransientError(f"HTTP {resp.status_code}: {resp.text[:300]}", _retry_after(resp))
+        if resp.status_code != 200:  # the request's fault: a retry cannot fix it
+            raise RetrievalError(f"retrieval server {self.url} rejected the request: HTTP {resp.status_code}: {resp.text[:300]}")
+        try:
+            result = resp.json()["result"]
+            docs = [[_parse_doc(item) for item in row] for row in result]
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise RetrievalError(f"retrieval server {self.url} sent a malformed response: {exc!r}") from None
+        if len(docs) != n_queries:
+            raise RetrievalError(f"retrieval server {self.url} answered {len(docs)} rows for {n_queries} queries")
+        return docs
 
     def close(self) -> None:
         self.http.close()

@@ -99,22 +99,18 @@ def fit_passages(tokenizer, docs: Sequence[Doc], max_tokens: int, render=informa
     return render([d.contents for d in shown]), cut
 
 
-def search_with_retry(
-    retriever: Retriever, queries: list[str], topk: int, retries: int = 2, backoff_s: float = 0.5
-) -> list[list[Doc]]:
-    """One batched retriever call, retried ``retries`` times; a complete answer or RetrievalError."""
-    last: Exception | None = None
-    for attempt in range(retries + 1):
-        try:
-            result = retriever.search(queries, topk)
-            if len(result) != len(queries):
-                raise RetrievalError(f"retriever returned {len(result)} result lists for {len(queries)} queries")
-            return result
-        except Exception as exc:  # any failure (HTTP, index, bad shape) is retried the same way
-            last = exc
-            if attempt < retries:
-                time.sleep(backoff_s * 2**attempt)
-    raise RetrievalError(f"retrieval failed after {retries + 1} attempts ({len(queries)} queries): {last!r}") from last
+def search_checked(retriever: Retriever, queries: list[str], topk: int) -> list[list[Doc]]:
+    """One batched retriever call; a complete answer or RetrievalError. Not retried here: the HTTP
+    client is the one place that retries, and only transient failures (retrieval/client.py)."""
+    try:
+        result = retriever.search(queries, topk)
+    except RetrievalError:
+        raise
+    except Exception as exc:  # an index or a custom retriever failing: say where, keep the cause
+        raise RetrievalError(f"retrieval failed ({len(queries)} queries): {exc!r}") from exc
+    if len(result) != len(queries):
+        raise RetrievalError(f"retriever returned {len(result)} result lists for {len(queries)} queries")
+    return result
 
 
 @dataclass
@@ -195,9 +191,7 @@ def run_rollout(
 
     contexts: list[tuple[str, list[Doc], bool]] = [("", [], False)] * len(items)  # (text, docs, truncated)
     if mode == "rag":
-        docs = search_with_retry(
-            retriever, [it["question"] for it in items], topk, cfg.retrieval_retries, cfg.retrieval_backoff_s
-        )
+        docs = search_checked(retriever, [it["question"] for it in items], topk)
         stats["retriever_calls"] += 1
         contexts = []
         for d in docs:
@@ -269,9 +263,7 @@ def run_rollout(
                 else:
                     _observe(ep, t, INVALID_ACTION_MESSAGE, tokenizer)
         if searching:
-            results = search_with_retry(
-                retriever, [t.query for _, t in searching], topk, cfg.retrieval_retries, cfg.retrieval_backoff_s
-            )
+            results = search_checked(retriever, [t.query for _, t in searching], topk)
             stats["retriever_calls"] += 1
             for (ep, t), docs in zip(searching, results):
                 text, cut = fit_passages(tokenizer, docs, cfg.max_obs_tokens)
