@@ -7,6 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 export PATH := $(abspath $(BIN)):$(PATH)
 export DS_ACCELERATOR ?= cpu
 export MLFLOW_DISABLE_TELEMETRY := true
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
 .PHONY: install demo test check-world clean
 

@@ -15,12 +15,15 @@ every stage writes atomically, so its previous outputs stay as they were.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python flows/retrain.py` puts flows/ first, not the project root
     sys.path.insert(0, str(ROOT))
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # offline: no telemetry ERROR lines
 
 from prefect import flow  # noqa: E402
 

@@ -93,10 +93,13 @@ def test_large_batches_are_split_under_the_server_limit():
     assert sizes == [4, 4, 2] and len(docs) == 10 and docs[9][0].score == 2.0
 
 
-def test_real_server_subprocess_answers_over_http(tmp_path):
+def test_real_server_subprocess_answers_over_http_with_the_token_never_in_its_argv(tmp_path, monkeypatch):
+    import subprocess
+
     queries = write_synthetic_corpus(tmp_path / "corpus.jsonl", 100)
+    (tmp_path / "token").write_text("t0k-secret\n")
     cfg = RetrievalConfig(index_dir=str(tmp_path / "idx"), method="bm25", build=["bm25"],
-                          server={"token": "t0k"})
+                          server={"token_file": str(tmp_path / "token")})
     build_indexes(cfg, tmp_path / "corpus.jsonl")
     with running_server(cfg, tmp_path / "corpus.jsonl", port=0) as url:
         assert httpx.get(f"{url}/health").json()["index"]["bm25"]["count"] == 100
@@ -107,3 +110,9 @@ def test_real_server_subprocess_answers_over_http(tmp_path):
         assert [[d.id for d in docs] for docs in got] == [[d.id for d in docs] for docs in want]
         assert all(docs[0].id == gold for docs, (_, gold) in zip(got, queries[:10]))
         assert httpx.post(f"{url}/retrieve", json={"queries": ["x"]}).status_code == 401
+        argv = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        assert "searchr1.retrieval.server" in argv and "t0k-secret" not in argv
+    monkeypatch.setenv("SEARCHR1_RETRIEVAL_TOKEN", "from-env")  # the environment wins over the file
+    from searchr1.retrieval.base import bearer_token
+
+    assert bearer_token(str(tmp_path / "token")) == "from-env"

@@ -80,7 +80,7 @@ def test_bad_requests_get_4xx_and_server_keeps_answering(body, status):
 
 
 def test_bearer_token_required_when_configured():
-    app = create_app(CountingRetriever(), ServerConfig(token="s3cret"))
+    app = create_app(CountingRetriever(), ServerConfig(), token="s3cret")
 
     async def fn(c):
         body = {"queries": ["a"]}
@@ -151,3 +151,44 @@ def test_retriever_failure_is_500_and_server_recovers():
     bad, good = _run(app, fn)
     assert bad.status_code == 500 and "index exploded" in bad.text
     assert good.status_code == 200
+
+
+def test_a_client_over_its_rate_gets_429_with_retry_after_and_others_are_not_slowed():
+    app = create_app(CountingRetriever(), ServerConfig(rate_limit_per_s=0.5, rate_limit_burst=2))
+
+    async def fn(c):
+        body = {"queries": ["a"]}
+        first = [(await c.post("/retrieve", json=body)) for _ in range(3)]
+        return first
+
+    ok1, ok2, limited = _run(app, fn)
+    assert ok1.status_code == ok2.status_code == 200
+    assert limited.status_code == 429 and limited.headers["retry-after"] == "2"  # 1 token at 0.5/s
+    from searchr1.retrieval.server import RateLimiter
+
+    clock = [0.0]
+    limiter = RateLimiter(rate=1.0, burst=1, clock=lambda: clock[0])
+    assert limiter.wait_s("a") == 0 and limiter.wait_s("a") == pytest.approx(1.0)
+    assert limiter.wait_s("b") == 0  # per client
+    clock[0] = 1.0
+    assert limiter.wait_s("a") == 0
+
+
+def test_a_dead_batching_worker_is_replaced_and_no_queued_request_is_lost():
+    retriever = CountingRetriever(delay_s=0.3)
+    app = create_app(retriever, ServerConfig(batch_window_ms=0, cache_size=0))
+    batcher = app.state.batcher
+
+    async def fn(c):
+        first = asyncio.create_task(c.post("/retrieve", json={"queries": ["a"]}))
+        await asyncio.sleep(0.1)  # the worker is inside the retriever call with "a"
+        queued = [asyncio.create_task(c.post("/retrieve", json={"queries": [q]})) for q in ("b", "c")]
+        await asyncio.sleep(0.05)  # "b" and "c" wait in the queue
+        batcher.task.cancel()  # the worker dies
+        return await first, await asyncio.gather(*queued)
+
+    first, queued = _run(app, fn)
+    assert first.status_code == 500  # its batch was in flight
+    assert [r.status_code for r in queued] == [200, 200]
+    assert [r.json()["result"][0][0]["id"] for r in queued] == ["b-0", "c-0"]
+    assert batcher.restarts == 1

@@ -41,3 +41,33 @@ def test_ask_reports_searches_titles_and_answer(smol):
     text = format_sample(sample, docs)
     assert "search: 'capital of Zorbland'" in text and "1. Zorbland" in text
     assert "Answer: Mira <b>Fenwick</b>" in text
+
+
+def test_ask_shows_an_empty_search_as_no_passages_found_not_as_an_invalid_action():
+    from searchr1.rollout.ask import format_sample
+    from searchr1.rollout.types import Sample, Turn
+
+    s = Sample(uid="a#0", group_id="a", question="Q?", golden_answers=[], prompt_ids=[1], response_ids=[2],
+               response_mask=[1])
+    s.turns = [
+        Turn(text="<search> nothing </search>", action="search", query="nothing", doc_ids=[],
+             observation="<information></information>"),
+        Turn(text="gibberish", action="invalid", observation="My previous action is invalid..."),
+    ]
+    text = format_sample(s)
+    assert "search: 'nothing'\n    (no passages found)" in text
+    assert text.count("invalid action") == 1
+
+
+def test_pipeline_ends_with_its_numbers_and_what_to_open_next(tmp_path):
+    import json
+
+    from searchr1.cli import next_steps
+
+    (tmp_path / "eval.json").write_text(json.dumps({
+        "results": {"sft/search-r1": {"average": {"em": 0.5}}, "policy/search-r1": {"average": {"em": 0.6}}},
+        "comparisons": {"policy/search-r1 - sft/search-r1": {"diff": 0.1, "ci_low": 0.05, "ci_high": 0.15}},
+    }))
+    text = next_steps(tmp_path / "eval.json")
+    assert "policy/search-r1   EM 0.600" in text and "[+0.050, +0.150]" in text
+    assert "reports/eval.md" in text and "mlflow ui" in text and "searchr1 ask" in text

@@ -159,6 +159,31 @@ def _cmd_pipeline(settings: Settings, args: argparse.Namespace) -> None:
 
     _enter_workdir(args)
     pipeline(params=args.params, overrides=args.overrides)
+    print(next_steps(Path("reports/eval.json")))
+
+
+def next_steps(eval_json: Path) -> str:
+    """The closing lines of a pipeline run: the headline numbers and what to open next."""
+    lines = ["", "searchr1 pipeline: done."]
+    if eval_json.exists():
+        import json
+
+        summary = json.loads(eval_json.read_text())
+        for label in ("sft/search-r1", "policy/search-r1"):
+            if label in summary.get("results", {}):
+                lines.append(f"  {label:18} EM {summary['results'][label]['average']['em']:.3f}")
+        gain = summary.get("comparisons", {}).get("policy/search-r1 - sft/search-r1")
+        if gain:
+            lines.append(f"  RL - cold start     {gain['diff']:+.3f}, 95% CI [{gain['ci_low']:+.3f}, {gain['ci_high']:+.3f}]")
+    lines += [
+        "Next:",
+        "  cat reports/eval.md                                   # EM by method, model, question type",
+        "  cat reports/results.md                                # every run in the MLflow store, with curves",
+        "  mlflow ui --backend-store-uri sqlite:///mlflow.db     # runs, params, curves, model registry",
+        '  searchr1 ask "Who invented the Tiderk winch?"         # the trained policy, live search',
+        "  searchr1 view reports/trajectories.jsonl              # the last RL step's trajectories as HTML",
+    ]
+    return "\n".join(lines)
 
 
 def _retrain_flow():
@@ -244,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # Offline machines: Prefect's temporary server would log an ERROR for every failed telemetry send.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     try:
         if args.profile:  # a profile is a list of overrides, so every driver (flows, tasks, DVC) sees the same
             args.overrides = profile_overrides(args.profile) + args.overrides

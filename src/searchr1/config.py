@@ -103,7 +103,12 @@ class ServerConfig(Section):
     host: str = "127.0.0.1"
     port: int = Field(8765, ge=1, le=65535)
     url: str | None = Field(None, description="Use an already running retrieval server instead of in-process.")
-    token: str | None = None
+    token_file: str | None = Field(
+        None, description="File holding the bearer token that server and clients use. Or set the environment "
+        "variable SEARCHR1_RETRIEVAL_TOKEN (it wins). Never a setting or an argument: those show in `ps`."
+    )
+    rate_limit_per_s: float = Field(0.0, ge=0, description="Requests per second per client host (token bucket); 0 = off.")
+    rate_limit_burst: int = Field(32, ge=1, description="Requests a client may send at once before the rate applies.")
     max_queries_per_request: int = Field(512, ge=1)
     max_query_chars: int = Field(2048, ge=1)
     max_topk: int = Field(50, ge=1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from searchr1.config import RetrievalConfig
-from searchr1.retrieval.base import Doc, RetrievalError, Retriever
+from searchr1.retrieval.base import Doc, RetrievalError, Retriever, bearer_token
 
 
 def load_retriever(cfg: RetrievalConfig, corpus_path: str | Path | None = None) -> Retriever:
@@ -17,7 +17,7 @@ def load_retriever(cfg: RetrievalConfig, corpus_path: str | Path | None = None) 
         from searchr1.retrieval.client import RetrievalClient
 
         s = cfg.server
-        return RetrievalClient(s.url, topk=cfg.topk, timeout_s=s.timeout_s, retries=s.retries, token=s.token)
+        return RetrievalClient(s.url, topk=cfg.topk, timeout_s=s.timeout_s, retries=s.retries, token=bearer_token(s.token_file))
 
     from searchr1.retrieval.docstore import DocStore
 

@@ -37,3 +37,26 @@ class Retriever(Protocol):
     def search(self, queries: list[str], topk: int) -> list[list[Doc]]:
         """Return, for each query, up to ``topk`` documents, best first."""
         ...
+
+
+TOKEN_ENV = "SEARCHR1_RETRIEVAL_TOKEN"
+
+
+def bearer_token(token_file: str | None) -> str | None:
+    """The retrieval server's bearer token: ``$SEARCHR1_RETRIEVAL_TOKEN``, else the first line of
+    ``token_file``, else None (no auth). Never from settings or argv, which other users can read in `ps`."""
+    import os
+    from pathlib import Path
+
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    if token:
+        return token
+    if token_file:
+        path = Path(token_file)
+        if not path.is_file():
+            raise RetrievalError(f"retrieval.server.token_file {path}: no such file")
+        token = path.read_text().strip().splitlines()[0].strip() if path.read_text().strip() else ""
+        if not token:
+            raise RetrievalError(f"retrieval.server.token_file {path}: empty")
+        return token
+    return None

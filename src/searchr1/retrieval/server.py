@@ -4,7 +4,11 @@ micro-batching, query dedup and an LRU cache in front of one retriever.
 Concurrent requests wait up to ``batch_window_ms`` in an asyncio queue; their cache misses are
 deduplicated and sent to the retriever as one batch in a worker thread (the encoder dominates cost,
 so one batch of 64 is far cheaper than 64 batches of 1). Requests that arrive while a batch runs
-join the next one.
+join the next one. If the batching worker dies, the requests of its batch fail with 500 and a new
+worker takes over the same queue, so no waiting request is lost.
+
+Optional bearer-token auth (the token from ``$SEARCHR1_RETRIEVAL_TOKEN`` or ``server.token_file``) and a
+per-client rate limit (``server.rate_limit_per_s``: 429 with Retry-After).
 """
 
 from __future__ import annotations
@@ -13,7 +17,10 @@ import argparse
 import asyncio
 import hmac
 import json
+import logging
+import math
 import resource
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -22,7 +29,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from searchr1.config import RetrievalConfig, ServerConfig
-from searchr1.retrieval.base import Doc, Retriever
+from searchr1.retrieval.base import Doc, Retriever, bearer_token
+
+log = logging.getLogger(__name__)
 
 
 class QueryRequest(BaseModel):
@@ -55,6 +64,27 @@ class LRUCache:
             self.data.popitem(last=False)
 
 
+class RateLimiter:
+    """A token bucket per client: ``rate`` requests per second, bursts of up to ``burst``."""
+
+    def __init__(self, rate: float, burst: int, clock=time.monotonic):
+        self.rate, self.burst, self.clock = rate, burst, clock
+        self.buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, time)
+
+    def wait_s(self, client: str) -> float:
+        """0 when ``client`` may send now (a token is taken), else the seconds until it may."""
+        if self.rate <= 0:
+            return 0.0
+        now = self.clock()
+        tokens, last = self.buckets.get(client, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+        if tokens >= 1.0:
+            self.buckets[client] = (tokens - 1.0, now)
+            return 0.0
+        self.buckets[client] = (tokens, now)
+        return (1.0 - tokens) / self.rate
+
+
 class Batcher:
     """Collects concurrent requests and answers them with one deduplicated retriever call."""
 
@@ -63,13 +93,27 @@ class Batcher:
         self.cache = LRUCache(cache_size)
         self.calls = 0  # retriever.search calls (exposed in /health; tests count them)
         self.queries = 0  # queries sent to the retriever after dedup and cache
-        self.queue: asyncio.Queue | None = None
+        self.restarts = 0  # batching workers that died and were replaced
+        self.queue: asyncio.Queue | None = None  # one queue for the server's life: it outlives any worker
         self.task: asyncio.Task | None = None
 
-    async def submit(self, queries: list[str], topk: int) -> list[list[Doc]]:
-        if self.task is None or self.task.done():  # started lazily inside the server's event loop
+    def _ensure_worker(self) -> None:
+        if self.queue is None:  # created lazily inside the server's event loop
             self.queue = asyncio.Queue()
+        if self.task is None or self.task.done():
+            if self.task is not None:
+                self.restarts += 1
+                log.warning("retrieval batching worker had stopped (%d restarts): started a new one", self.restarts)
             self.task = asyncio.create_task(self._run())
+            self.task.add_done_callback(self._worker_done)
+
+    def _worker_done(self, task: asyncio.Task) -> None:
+        # A worker only ends by dying. Requests still queued must not wait for the next arrival.
+        if self.queue is not None and not self.queue.empty():
+            self._ensure_worker()
+
+    async def submit(self, queries: list[str], topk: int) -> list[list[Doc]]:
+        self._ensure_worker()
         results: list = [self.cache.get((q, topk)) for q in queries]
         missing = [i for i, r in enumerate(results) if r is None]
         if missing:
@@ -82,12 +126,17 @@ class Batcher:
     async def _collect(self) -> list[tuple]:
         loop = asyncio.get_running_loop()
         items = [await self.queue.get()]
-        deadline = loop.time() + self.window_s
-        while (left := deadline - loop.time()) > 0:
-            try:
-                items.append(await asyncio.wait_for(self.queue.get(), left))
-            except asyncio.TimeoutError:
-                break
+        try:
+            deadline = loop.time() + self.window_s
+            while (left := deadline - loop.time()) > 0:
+                try:
+                    items.append(await asyncio.wait_for(self.queue.get(), left))
+                except asyncio.TimeoutError:
+                    break
+        except BaseException:  # stopped while gathering: give the requests back to the next worker
+            for item in items:
+                self.queue.put_nowait(item)
+            raise
         while not self.queue.empty():
             items.append(self.queue.get_nowait())
         return items
@@ -95,23 +144,28 @@ class Batcher:
     async def _run(self) -> None:
         while True:
             items = await self._collect()
-            unique = list(dict.fromkeys(q for queries, _, _ in items for q in queries))
-            k = max(topk for _, topk, _ in items)
             try:
-                self.calls += 1
-                self.queries += len(unique)
-                found = dict(zip(unique, await asyncio.to_thread(self.retriever.search, unique, k)))
-            except Exception as exc:  # the requests fail with 500, the server keeps serving
+                await self._answer(items)
+            except BaseException as exc:  # this batch's requests fail (500); the server keeps serving
+                failure = exc if isinstance(exc, Exception) else RuntimeError("retrieval worker stopped")
                 for _, _, fut in items:
                     if not fut.done():
-                        fut.set_exception(exc)
-                continue
-            for queries, topk, fut in items:
-                answer = [found[q][:topk] for q in queries]
-                for q, docs in zip(queries, answer):
-                    self.cache.put((q, topk), docs)
-                if not fut.done():
-                    fut.set_result(answer)
+                        fut.set_exception(failure)
+                if not isinstance(exc, Exception):  # cancelled or killed: this worker ends, another takes over
+                    raise
+
+    async def _answer(self, items: list[tuple]) -> None:
+        unique = list(dict.fromkeys(q for queries, _, _ in items for q in queries))
+        k = max(topk for _, topk, _ in items)
+        self.calls += 1
+        self.queries += len(unique)
+        found = dict(zip(unique, await asyncio.to_thread(self.retriever.search, unique, k)))
+        for queries, topk, fut in items:
+            answer = [found[q][:topk] for q in queries]
+            for q, docs in zip(queries, answer):
+                self.cache.put((q, topk), docs)
+            if not fut.done():
+                fut.set_result(answer)
 
 
 def peak_rss_mb() -> float:
@@ -130,16 +184,25 @@ def _doc_json(doc: Doc, with_score: bool) -> dict:
     return {"document": body, "score": doc.score} if with_score else body
 
 
-def create_app(retriever: Retriever, cfg: ServerConfig, default_topk: int = 3, info: dict | None = None) -> FastAPI:
-    """FastAPI app serving ``retriever``: ``POST /retrieve`` (Search-R1 shapes) and ``GET /health``."""
+def create_app(retriever: Retriever, cfg: ServerConfig, default_topk: int = 3, info: dict | None = None,
+               token: str | None = None) -> FastAPI:
+    """FastAPI app serving ``retriever``: ``POST /retrieve`` (Search-R1 shapes) and ``GET /health``;
+    ``token``: the bearer token requests must carry (None: no auth)."""
     app = FastAPI(title="searchr1 retrieval")
     batcher = Batcher(retriever, cfg.batch_window_ms, cfg.cache_size)
+    limiter = RateLimiter(cfg.rate_limit_per_s, cfg.rate_limit_burst)
     app.state.batcher = batcher
-    expected_auth = f"Bearer {cfg.token}" if cfg.token else None
+    expected_auth = f"Bearer {token}" if token else None
 
     def check(req: QueryRequest, request: Request) -> int:
         if expected_auth and not hmac.compare_digest(request.headers.get("authorization", ""), expected_auth):
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+        wait = limiter.wait_s(request.client.host if request.client else "unknown")
+        if wait > 0:
+            raise HTTPException(
+                429, f"rate limit of {cfg.rate_limit_per_s:g} requests/s per client exceeded",
+                headers={"Retry-After": str(math.ceil(wait))},
+            )
         if not req.queries:
             raise HTTPException(400, "queries is empty")
         if len(req.queries) > cfg.max_queries_per_request:
@@ -169,6 +232,7 @@ def create_app(retriever: Retriever, cfg: ServerConfig, default_topk: int = 3, i
             "status": "ok", "retriever": type(retriever).__name__, "index": info or {},
             "searches": batcher.calls, "searched_queries": batcher.queries,
             "cache": {"entries": len(c.data), "hits": c.hits, "misses": c.misses},
+            "worker_restarts": batcher.restarts,
             "peak_rss_mb": peak_rss_mb(),
         }
 
@@ -194,7 +258,7 @@ def serve(cfg: RetrievalConfig, corpus_path: str | Path | None = None) -> None:
 
     local = cfg.model_copy(update={"server": cfg.server.model_copy(update={"url": None})})
     retriever = load_retriever(local, corpus_path)
-    app = create_app(retriever, cfg.server, default_topk=cfg.topk, info=index_info(cfg))
+    app = create_app(retriever, cfg.server, default_topk=cfg.topk, info=index_info(cfg), token=bearer_token(cfg.server.token_file))
     uvicorn.run(app, host=cfg.server.host, port=cfg.server.port, log_level="warning")
 
 

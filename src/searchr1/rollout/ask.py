@@ -45,12 +45,14 @@ def format_sample(sample: Sample, docs: dict[str, Doc] | None = None) -> str:
     for i, t in enumerate(sample.turns, start=1):
         lines.append(f"\n[turn {i}: {t.action}]")
         lines.append(t.text.strip())
-        if t.query is not None and t.doc_ids:
+        if t.action == "search" and t.query is not None:
             lines.append(f"  search: {t.query!r}")
             for j, doc_id in enumerate(t.doc_ids, start=1):
                 title = docs[doc_id].title if doc_id in docs else doc_id
                 lines.append(f"    {j}. {title}")
-        elif t.observation and not t.doc_ids:
+            if not t.doc_ids:
+                lines.append("    (no passages found)" if t.observation else "    (not run: the turn limit was reached)")
+        elif t.observation:
             lines.append("  (invalid action: corrective message appended)")
     lines.append(f"\nAnswer: {sample.answer if sample.answer is not None else '(none)'}")
     if sample.golden_answers:
