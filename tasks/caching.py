@@ -1,15 +1,22 @@
-"""Skip unchanged stages, keyed on what dvc.yaml declares, so Prefect and DVC agree on what a stage reads.
+"""Skip unchanged stages: one record of what is fresh for the CLI, DVC and Prefect.
 
-A stage is unchanged when the hashes of its declared deps (DVC's md5) and its params sections equal
-those of its last successful run, and its outputs are still the ones that run wrote. The last run
-is recorded in a small lock file per stage (like dvc.lock). A deleted or edited output makes the
-stage run again.
+In the project itself (a DVC repo, params.yaml as it is), that record is dvc.lock: a Prefect stage is
+skipped exactly when `dvc status` says it is unchanged, and a stage that ran is committed to dvc.lock at
+once. So after `searchr1 pipeline`, `dvc status` is up to date and `dvc repro` / `dvc exp run -S ...`
+re-run only what a change reaches, and runs made with DVC are seen by the next flow.
+
+Runs outside it (``--workdir`` elsewhere, or ``--set`` overrides that params.yaml does not hold) key on
+the same dvc.yaml deps/params/outs in a small store of their own: a stage is unchanged when the hashes of
+its deps (DVC's md5) and its params equal those of its last successful run and its outputs are intact.
+tests/test_dvc_lock.py shows that decision equals `dvc status` for a change of code, params, data or
+an output.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +25,8 @@ import yaml
 from searchr1.config import load_settings
 from searchr1.io import read_json, write_json
 from searchr1.tracking import path_hash
+
+log = logging.getLogger(__name__)
 
 LOCK_DIR = Path(".cache/stages")
 ROOT = Path(__file__).resolve().parent.parent  # the project: dvc.yaml and the code under src/
@@ -88,3 +97,29 @@ def cached_result(stage: str, key: str) -> dict | None:
     if lock.get("key") != key or lock.get("outs") != _outputs(stage):
         return None
     return lock.get("result")
+
+
+def metrics_file(stage: str) -> Path:
+    """The stage's metrics file as dvc.yaml declares it (its result, e.g. reports/eval.json)."""
+    return Path(_names(stage_spec(stage).get("metrics"))[0])
+
+
+def uses_dvc_lock(overrides: list[str]) -> bool:
+    """Whether dvc.lock is the record: the flow runs in a DVC project on params.yaml as it is."""
+    return not overrides and Path("dvc.yaml").is_file() and Path(".dvc").is_dir()
+
+
+def dvc_unchanged(stage: str) -> bool:
+    """`dvc status <stage>` finds nothing changed (deps, params and outs as dvc.lock records them)."""
+    from dvc.repo import Repo
+
+    with Repo(".") as repo:
+        return not repo.status(targets=[stage])
+
+
+def dvc_record(stage: str) -> None:
+    """`dvc commit <stage>`: dvc.lock now records the stage's deps, params and outputs as they are."""
+    from dvc.repo import Repo
+
+    with Repo(".") as repo:
+        repo.commit(stage, force=True)

@@ -13,9 +13,11 @@ from prefect import get_run_logger, task
 
 from searchr1 import stages
 from searchr1.config import ConfigError, load_settings
-from searchr1.io import DataError
+from searchr1.io import DataError, read_json
 from searchr1.retrieval.base import RetrievalError
-from tasks.caching import cached_result, input_key, record_success
+from tasks.caching import (
+    cached_result, dvc_record, dvc_unchanged, input_key, metrics_file, record_success, uses_dvc_lock,
+)
 
 
 def _transient(task, task_run, state) -> bool:
@@ -40,6 +42,14 @@ def stage_task(name: str, retries: int = 1):
     )
     def run(params: str = "params.yaml", overrides: list[str] | None = None) -> dict:
         overrides = overrides or []
+        if params == "params.yaml" and uses_dvc_lock(overrides):  # dvc.lock is the record (tasks/caching.py)
+            metrics = metrics_file(name)
+            if metrics.exists() and dvc_unchanged(name):
+                get_run_logger().info("%s: unchanged since dvc.lock recorded it: skipped", name)
+                return read_json(metrics)
+            result = stages.STAGES[name](load_settings(params, overrides))
+            dvc_record(name)
+            return result
         key = input_key(name, params, overrides)
         cached = cached_result(name, key)
         if cached is not None:

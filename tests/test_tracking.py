@@ -57,3 +57,20 @@ def test_path_hash_matches_dvc_md5_for_files(tmp_path):
     assert path_hash(p) == hashlib.md5(b"hello").hexdigest()
     assert path_hash(tmp_path / "nope") == "missing"
     assert path_hash(tmp_path).endswith(".dir")
+
+
+def test_a_big_folder_is_read_once_and_rehashed_only_when_a_file_changes(tmp_path, monkeypatch):
+    import searchr1.tracking as tracking
+
+    monkeypatch.setattr(tracking, "HASH_STATE", tmp_path / "state.json")
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "weights.bin").write_bytes(b"x" * 1000)
+    reads = []
+    real = tracking._content_hash
+    monkeypatch.setattr(tracking, "_content_hash", lambda p: (reads.append(p) if p == folder else None) or real(p))
+    first = tracking.path_hash(folder)
+    assert tracking.path_hash(folder) == first and len(reads) == 1  # the second call is a stat walk
+    (folder / "weights.bin").write_bytes(b"y" * 1000)
+    assert tracking.path_hash(folder) != first and len(reads) == 2
+    assert tracking.path_hash(tmp_path / "nope") == "missing"

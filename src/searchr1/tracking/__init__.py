@@ -59,19 +59,57 @@ def git_commit() -> str:
         return "unknown"
 
 
+HASH_STATE = Path(".cache/hash_state.json")  # like DVC's state db: path -> (stat stamp, content hash)
+
+
 def path_hash(path: str | Path) -> str:
-    """md5 of a file (what DVC records for a file), or of a directory's sorted (name, md5) listing."""
+    """md5 of a file (what DVC records for a file), or of a directory's sorted (name, md5) listing.
+
+    Big folders (models, indexes) are read once: the hash is remembered with a stamp of every file's
+    size, mtime and inode, and reused while the stamp is the same (a stat walk, no reading).
+    """
     path = Path(path)
+    if not path.exists():
+        return "missing"
+    stamp = _stamp(path)
+    key = str(path.resolve())
+    state = _read_state()
+    if state.get(key, {}).get("stamp") == stamp:
+        return state[key]["hash"]
+    digest = _content_hash(path)
+    state[key] = {"stamp": stamp, "hash": digest}
+    try:
+        from searchr1.io import write_json
+
+        write_json(HASH_STATE, state)
+    except OSError:  # a read-only project still hashes, just every time
+        pass
+    return digest
+
+
+def _stamp(path: Path) -> str:
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    stats = [(str(f.relative_to(path)) if f != path else "", *(lambda st: (st.st_size, st.st_mtime_ns, st.st_ino))(f.stat()))
+             for f in files]
+    return hashlib.md5(json.dumps(stats).encode()).hexdigest()
+
+
+def _read_state() -> dict:
+    try:
+        return json.loads(HASH_STATE.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _content_hash(path: Path) -> str:
     if path.is_file():
         h = hashlib.md5()
         with open(path, "rb") as fh:
             while block := fh.read(1 << 20):
                 h.update(block)
         return h.hexdigest()
-    if path.is_dir():
-        listing = [(str(p.relative_to(path)), path_hash(p)) for p in sorted(path.rglob("*")) if p.is_file()]
-        return hashlib.md5(json.dumps(listing).encode()).hexdigest() + ".dir"
-    return "missing"
+    listing = [(str(p.relative_to(path)), _content_hash(p)) for p in sorted(path.rglob("*")) if p.is_file()]
+    return hashlib.md5(json.dumps(listing).encode()).hexdigest() + ".dir"
 
 
 def input_tags(inputs: dict[str, str | Path]) -> dict[str, str]:
