@@ -159,6 +159,8 @@ def _cmd_pipeline(settings: Settings, args: argparse.Namespace) -> None:
 
     _enter_workdir(args)
     pipeline(params=args.params, overrides=args.overrides)
+    for name in ("prefect", "httpx"):  # the temporary server's shutdown chatter would follow the summary
+        logging.getLogger(name).setLevel(logging.WARNING)
     print(next_steps(Path("reports/eval.json")))
 
 
