@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,6 @@ import yaml
 from searchr1.config import load_settings
 from searchr1.io import read_json, write_json
 from searchr1.tracking import path_hash
-
-log = logging.getLogger(__name__)
 
 LOCK_DIR = Path(".cache/stages")
 ROOT = Path(__file__).resolve().parent.parent  # the project: dvc.yaml and the code under src/

@@ -8,7 +8,6 @@ outputs and a metrics file under ``reports/``, and logs params/metrics/artifacts
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
 from pathlib import Path
