@@ -134,16 +134,14 @@ class RLTrainer:
 
         # 2. Rewards are in Sample.reward. Keep the groups that carry a signal (DAPO's dynamic sampling,
         #    without re-sampling): a group whose rewards are all equal has zero advantage under GRPO.
-        batch = collate(samples, mask_retrieved=cfg.mask_retrieved).to(self.device)
-        if cfg.filter_groups:
-            batch = batch.select(informative_rows(batch.rewards, batch.group_ids))
+        full = collate(samples, mask_retrieved=cfg.mask_retrieved).to(self.device)
+        batch = full.select(informative_rows(full.rewards, full.group_ids)) if cfg.filter_groups else full
         rows = int(dist.all_reduce_sum(torch.tensor([len(batch)]))[0])
         if rows == 0:  # nothing to learn from this step
             return self._finish_step(samples, 0, {}, t0, t_rollout, 0.0, 0.0)
         # Every rank must run the same number of forward/backward passes (gradient reductions, ZeRO-3
         # parameter gathers): pad each rank to the same row count with rows that weigh nothing.
-        batch = batch.padded(max(dist.all_reduce_max(len(batch)), cfg.deepspeed.gradient_accumulation_steps),
-                             like=collate(samples[:1], mask_retrieved=cfg.mask_retrieved).to(self.device))
+        batch = batch.padded(max(dist.all_reduce_max(len(batch)), cfg.deepspeed.gradient_accumulation_steps), like=full)
         minibatches = self._minibatches(len(batch))
 
         # 3. Scores under the current actor (never the rollout engine's log-probs), the reference and
