@@ -125,6 +125,23 @@ def test_concurrent_requests_are_batched_and_deduplicated():
     assert sum(len(c) for c in retriever.calls) == 16  # each distinct query encoded once
 
 
+def test_a_big_request_does_not_wait_the_batching_window():
+    # Search-R1 sends one request per rollout turn: it is a batch already, so the window would only add latency.
+    retriever = CountingRetriever()
+    app = create_app(retriever, ServerConfig(batch_window_ms=2000, batch_min_queries=4, cache_size=0))
+
+    async def fn(c):
+        start = time.perf_counter()
+        await c.post("/retrieve", json={"queries": ["a", "b", "c", "d"]})
+        big = time.perf_counter() - start
+        start = time.perf_counter()
+        await c.post("/retrieve", json={"queries": ["e"]})  # a small request still waits for company
+        return big, time.perf_counter() - start
+
+    big, small = _run(app, fn)
+    assert big < 1.0 <= 2.0 <= small + 0.05
+
+
 def test_requests_with_different_topk_share_a_batch():
     retriever = CountingRetriever(delay_s=0.02)
     app = create_app(retriever, ServerConfig(batch_window_ms=20))

@@ -113,7 +113,13 @@ class ServerConfig(Section):
     max_query_chars: int = Field(2048, ge=1)
     max_topk: int = Field(50, ge=1)
     cache_size: int = Field(100_000, ge=0)
-    batch_window_ms: float = Field(5.0, ge=0)
+    batch_window_ms: float = Field(
+        5.0, ge=0, description="How long a small request waits for concurrent ones to batch with."
+    )
+    batch_min_queries: int = Field(
+        16, ge=1, description="A request of at least this many queries is a batch already: it does not wait the window "
+        "(Search-R1's one request per rollout turn would otherwise pay it every turn)."
+    )
     timeout_s: float = Field(30.0, gt=0)
     retries: int = Field(3, ge=0)
     launch: bool = Field(False, description="Flows start a server for train/evaluate (unless url is set) and point the stages at it.")

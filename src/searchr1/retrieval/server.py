@@ -1,7 +1,8 @@
 """HTTP retrieval server speaking Search-R1's protocol (``POST /retrieve``), with cross-request
 micro-batching, query dedup and an LRU cache in front of one retriever.
 
-Concurrent requests wait up to ``batch_window_ms`` in an asyncio queue; their cache misses are
+Concurrent requests wait up to ``batch_window_ms`` in an asyncio queue (unless they already hold
+``batch_min_queries`` queries between them: a big request is a batch already); their cache misses are
 deduplicated and sent to the retriever as one batch in a worker thread (the encoder dominates cost,
 so one batch of 64 is far cheaper than 64 batches of 1). Requests that arrive while a batch runs
 join the next one. If the batching worker dies, the requests of its batch fail with 500 and a new
@@ -88,8 +89,8 @@ class RateLimiter:
 class Batcher:
     """Collects concurrent requests and answers them with one deduplicated retriever call."""
 
-    def __init__(self, retriever: Retriever, window_ms: float, cache_size: int):
-        self.retriever, self.window_s = retriever, window_ms / 1000.0
+    def __init__(self, retriever: Retriever, window_ms: float, cache_size: int, min_queries: int = 16):
+        self.retriever, self.window_s, self.min_queries = retriever, window_ms / 1000.0, min_queries
         self.cache = LRUCache(cache_size)
         self.calls = 0  # retriever.search calls (exposed in /health; tests count them)
         self.queries = 0  # queries sent to the retriever after dedup and cache
@@ -128,7 +129,7 @@ class Batcher:
         items = [await self.queue.get()]
         try:
             deadline = loop.time() + self.window_s
-            while (left := deadline - loop.time()) > 0:
+            while sum(len(item[0]) for item in items) < self.min_queries and (left := deadline - loop.time()) > 0:
                 try:
                     items.append(await asyncio.wait_for(self.queue.get(), left))
                 except asyncio.TimeoutError:
@@ -189,7 +190,7 @@ def create_app(retriever: Retriever, cfg: ServerConfig, default_topk: int = 3, i
     """FastAPI app serving ``retriever``: ``POST /retrieve`` (Search-R1 shapes) and ``GET /health``;
     ``token``: the bearer token requests must carry (None: no auth)."""
     app = FastAPI(title="searchr1 retrieval")
-    batcher = Batcher(retriever, cfg.batch_window_ms, cfg.cache_size)
+    batcher = Batcher(retriever, cfg.batch_window_ms, cfg.cache_size, cfg.batch_min_queries)
     limiter = RateLimiter(cfg.rate_limit_per_s, cfg.rate_limit_burst)
     app.state.batcher = batcher
     expected_auth = f"Bearer {token}" if token else None
