@@ -197,6 +197,26 @@ def test_sampling_draws_follow_the_filtered_distribution():
         torch.testing.assert_close(freq, expected, atol=0.01, rtol=0)
 
 
+def test_top_p_over_the_candidates_draws_what_a_full_vocabulary_sort_draws():
+    """The nucleus is found among tokens with p >= (1 - top_p) / V only; the draws equal a full sort's."""
+    from searchr1.rollout.engine import sample_tokens
+
+    def full_sort_reference(logp, top_p, uniform):
+        probs = logp.exp()
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p > top_p
+        cdf = probs.scatter(-1, order, sorted_p.masked_fill(drop, 0.0)).cumsum(-1)
+        return torch.searchsorted(cdf, uniform[:, None] * cdf[:, -1:], right=True).clamp_max(cdf.shape[-1] - 1)[:, 0]
+
+    gen = torch.Generator().manual_seed(0)
+    for scale in (0.5, 3.0, 8.0):  # nearly flat to peaked, like an untrained and a trained policy
+        logp = torch.log_softmax(torch.randn(64, 49_152, generator=gen) * scale, -1)
+        for top_p in (0.5, 0.9, 0.95, 0.999):
+            uniform = torch.rand(64, generator=gen)
+            got = sample_tokens(logp, SamplingSettings(temperature=1.0, top_p=top_p), uniform)
+            assert torch.equal(got, full_sort_reference(logp, top_p, uniform)), (scale, top_p)
+
+
 def test_repeating_tail_detects_short_blocks_repeated_three_times():
     from searchr1.rollout.engine import repeating_tail
 
