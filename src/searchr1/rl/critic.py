@@ -31,8 +31,10 @@ class ValueModel(nn.Module):
         ).last_hidden_state
         return self.value_head(h).squeeze(-1).float()
 
-    def gradient_checkpointing_enable(self) -> None:
-        self.backbone.gradient_checkpointing_enable()
+    def activation_checkpointing_enable(self) -> None:
+        from searchr1.rl.deepspeed_engines import enable_checkpointing  # deepspeed loads only where engines do
+
+        enable_checkpointing(self.backbone)
 
 
 def build_value_model(policy: nn.Module) -> ValueModel:

@@ -92,13 +92,19 @@ def ds_config(cfg: DeepSpeedConfig, micro_batch_size: int, train: bool = True) -
     }
 
 
+def enable_checkpointing(model: nn.Module) -> None:
+    """Recompute activations in the backward pass (transformers 5 renamed the call; 4.x has only the old name)."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+
+
 def setup_engine(
     model: nn.Module, cfg: DeepSpeedConfig, lr: float, micro_batch_size: int, weight_decay: float = 0.01
 ) -> deepspeed.DeepSpeedEngine:
     """A trainable engine (actor or critic) with a torch AdamW; the lr is set by the trainer each step."""
     init_distributed()
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        enable_checkpointing(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config(cfg, micro_batch_size))
