@@ -373,21 +373,27 @@ def bench_policy(model, tok, work: Workload, repeats: int, args) -> dict:
             **{f"{k}_baseline_candidate": [runs[base][k], runs[cand][k]] for k in EQUAL_WORK_COUNTS},
         }
     return {"workload": asdict(work), "repeats": repeats, "runs": runs, "arms": arms,
-            "sampler_step_ms": sampler_step_ms(work.questions * work.generations, len(tok), args.top_p)}
+            "sampler_step_ms": sampler_step_ms(model, tok, items[0], work.questions * work.generations, args)}
 
 
-def sampler_step_ms(rows: int, vocab: int, top_p: float, calls: int = 20) -> dict:
-    """Milliseconds per decoding step spent choosing the next token of ``rows`` rows (random logits, median
-    of ``calls``): the part of each engine's step that the sampler arm swaps, and the top-p filter both pay."""
-    logits = torch.randn(rows, vocab, generator=torch.Generator().manual_seed(0)) * 3
-    logp, uniform, warper = torch.log_softmax(logits, -1), torch.rand(rows), TopPLogitsWarper(top_p)
+def sampler_step_ms(model, tok, item: dict, rows: int, args, calls: int = 20) -> dict:
+    """Milliseconds per decoding step spent choosing the next token of ``rows`` rows (median of ``calls``): the
+    part of each engine's step that the sampler arm swaps, and the top-p filter. The logits are the policy's
+    own next-token logits for a prompt (a trained policy's are peaked, random ones are not: HFEngine sorts only
+    the top-p candidates, so its cost depends on that), repeated for every row."""
+    with torch.no_grad():
+        ids = torch.tensor([tok(TEMPLATE.format(question=item["question"]))["input_ids"]])
+        row = model(input_ids=ids).logits[0, -1].float() / args.temperature
+    logits = row.expand(rows, -1).contiguous()
+    logp, uniform, warper = torch.log_softmax(logits, -1), torch.rand(rows), TopPLogitsWarper(args.top_p)
     cases = {
         "generate_multinomial": lambda: torch.multinomial(logp.exp(), 1),
         "hf_engine_inverse_cdf": lambda: sample_tokens(logp, SamplingSettings(), uniform),
         "generate_top_p_warper": lambda: warper(None, logits),
-        "hf_engine_top_p_and_draw": lambda: sample_tokens(logp, SamplingSettings(top_p=top_p), uniform),
+        "hf_engine_top_p_and_draw": lambda: sample_tokens(logp, SamplingSettings(top_p=args.top_p), uniform),
     }
-    out = {"rows": rows, "vocab": vocab, "top_p": top_p}
+    candidates = int((logp[0].exp() >= (1.0 - args.top_p) / logp.shape[-1]).sum())
+    out = {"rows": rows, "vocab": logp.shape[-1], "top_p": args.top_p, "top_p_candidates": candidates}
     for name, fn in cases.items():
         fn()
         times = []
@@ -445,8 +451,9 @@ def markdown(results: dict) -> str:
             f"\nChoosing the next token for {ms['rows']} rows x {ms['vocab']:,} tokens, ms per step: generate's "
             f"torch.multinomial {ms['generate_multinomial']}, HFEngine's inverse-CDF draw "
             f"{ms['hf_engine_inverse_cdf']}; "
-            f"top-p {ms['top_p']} filter, paid by both: generate {ms['generate_top_p_warper']}, "
-            f"HFEngine (with its draw) {ms['hf_engine_top_p_and_draw']}."
+            f"top-p {ms['top_p']} filter on the policy's own logits: generate's warper (sorts the vocabulary) "
+            f"{ms['generate_top_p_warper']}, HFEngine with its draw (sorts the {ms['top_p_candidates']:,} tokens "
+            f"with p >= (1 - top_p) / V) {ms['hf_engine_top_p_and_draw']}."
         )
     out.append("\nx = baseline / candidate wall time and candidate / baseline kept tokens/s, per repeat (paired). "
                "Where not every trajectory is the same, the sides did different work: read x kept tokens/s.")
