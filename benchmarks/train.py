@@ -80,6 +80,8 @@ ARMS = {
     "smol_ours": Arm("ours", "smol", label="SmolLM2: ours, ZeRO-2 (HFEngine)"),
     "smol_ours_generate": Arm("ours", "smol", "generate", label="SmolLM2: ours, ZeRO-2, on `generate`"),
     "smol_trl": Arm("trl", "smol", "generate", label="SmolLM2: TRL GRPOTrainer"),
+    # not in the default set: is our update's cost on SmolLM2 the ZeRO-2 optimizer wrapper? (--arms ...)
+    "smol_ours_zero0": Arm("ours", "smol", zero_stage=0, label="SmolLM2: ours, ZeRO-0 (HFEngine)"),
 }
 TINY_ARMS = ["ours", "ours_generate", "trl", "ours_zero3"]
 SMOL_ARMS = ["smol_ours", "smol_ours_generate", "smol_trl"]
