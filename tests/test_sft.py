@@ -15,7 +15,7 @@ from searchr1.models.micro import train_micro_tokenizer
 from searchr1.models.tiny import build_tiny_policy
 from searchr1.prompts import INFO_OPEN
 from searchr1.retrieval.base import Doc
-from searchr1.sft.train import masked_lm_loss, read_train_rows, run_sft, tokenize_example
+from searchr1.sft.train import batch_loss_backward, collate, masked_lm_loss, read_train_rows, run_sft, tokenize_example
 from searchr1.sft.trajectories import build_sft_examples, contains_answer, gold_queries, perturb_query
 
 FIRST = ["Zorbak", "Maritsa", "Dunkar", "Ulpy", "Tesri", "Orvane", "Kelmit", "Sabra"]
@@ -165,6 +165,25 @@ def test_information_tokens_get_no_loss_and_no_gradient(tokenizer):
     assert (grad_norm[:-1][target_mask == 0] == 0).all()
     assert (grad_norm[:-1][target_mask == 1] > 0).all()
     assert grad_norm[-1] == 0  # the last position predicts nothing
+
+
+def test_micro_batches_give_the_whole_batch_loss_and_gradient():
+    # Rows of different lengths and target counts: a plain mean of micro-batch means would differ.
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    for length in (5, 17, 9, 12, 3):
+        ids = torch.randint(3, 50, (length,), generator=gen).tolist()
+        mask = [0] * (length // 2) + [1] * (length - length // 2)
+        rows.append((ids, mask))
+    batch = collate(rows, pad_id=0)
+    grads, losses = [], []
+    for micro in (None, 2, 1):
+        model = build_tiny_policy(64, seed=0)
+        losses.append(batch_loss_backward(model, batch, micro))
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    for loss, grad in zip(losses[1:], grads[1:]):
+        assert loss == pytest.approx(losses[0], rel=1e-5)
+        torch.testing.assert_close(grad, grads[0], rtol=1e-4, atol=1e-6)
 
 
 def test_tokenize_example_rejects_a_trainable_prompt(tokenizer):

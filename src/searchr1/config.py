@@ -195,6 +195,10 @@ class SFTConfig(Section):
     epochs: int = Field(2, ge=1)
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(16, ge=1)
+    micro_batch_size: int | None = Field(
+        None, ge=1, description="Examples per forward/backward; a batch's gradient is accumulated over them (the "
+        "same update). Bounds peak memory: a batch's logits alone are examples x length x vocabulary floats."
+    )
     query_noise: float = Field(0.3, ge=0, le=1, description="Fraction of trajectories with an imperfect first query.")
     skip_hop: float = Field(
         0.5, ge=0, le=1, description="Multi-hop trajectories answering after one search when its passages already hold the answer."

@@ -60,12 +60,41 @@ def longest_turn(loss_mask: Sequence[int]) -> int:
     return best
 
 
-def masked_lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-    """Token-mean next-token cross-entropy over positions whose target has loss_mask == 1."""
+def masked_lm_loss(
+    logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor, num_targets: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Token-mean next-token cross-entropy over positions whose target has loss_mask == 1.
+
+    ``num_targets`` divides instead of this batch's own count: a micro-batch's share of a larger batch's
+    token mean, so accumulated micro-batches give the whole batch's loss and gradient."""
     targets = input_ids[:, 1:]
     mask = loss_mask[:, 1:].to(logits.dtype)
     ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), reduction="none")
-    return (ce * mask.flatten()).sum() / mask.sum().clamp(min=1)
+    return (ce * mask.flatten()).sum() / (mask.sum() if num_targets is None else num_targets).clamp(min=1)
+
+
+def micro_batches(batch: dict[str, torch.Tensor], size: int | None):
+    """Row slices of a right-padded batch, each cut to its own longest row (less padding to compute)."""
+    rows = batch["input_ids"].shape[0]
+    size = size or rows
+    for start in range(0, rows, size):
+        part = {k: v[start : start + size] for k, v in batch.items()}
+        width = int(part["attention_mask"].sum(dim=1).max())
+        yield {k: v[:, :width] for k, v in part.items()}
+
+
+def batch_loss_backward(model, batch: dict[str, torch.Tensor], micro_batch_size: int | None) -> float:
+    """Backward of the batch's token-mean loss, accumulated over micro-batches (the same gradient as
+    one pass; peak memory of one micro-batch: the logits alone are rows x length x vocab floats)."""
+    num_targets = batch["loss_mask"][:, 1:].sum()
+    total = 0.0
+    for part in micro_batches(batch, micro_batch_size):
+        logits = model(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
+        loss = masked_lm_loss(logits, part["input_ids"], part["loss_mask"], num_targets)
+        loss.backward()
+        total += loss.item()
+        del logits, loss
+    return total
 
 
 def collate(batch: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -137,15 +166,13 @@ def train_on_examples(
         for indices in _length_grouped_batches([len(ids) for ids, _ in tokenized], cfg.batch_size, gen):
             batch = collate([tokenized[i] for i in indices], tokenizer.pad_token_id)
             batch = {k: v.to(device) for k, v in batch.items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            loss = masked_lm_loss(logits, batch["input_ids"], batch["loss_mask"])
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = batch_loss_backward(model, batch, cfg.micro_batch_size)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm).item()
             opt.step()
             sched.step()
             tokens += int(batch["attention_mask"].sum())
-            losses.append(loss.item())
+            losses.append(loss)
             elapsed = time.perf_counter() - start
             row = {"sft/loss": losses[-1], "sft/lr": sched.get_last_lr()[0], "sft/grad_norm": grad_norm,
                    "sft/tokens_per_s": tokens / elapsed}
