@@ -22,6 +22,12 @@ POLICY_FILE = "policy.json"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def enable_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute activations in the backward pass (transformers 5 renamed the call; 4.x has only the old name)."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+
+
 def prepare_base_policy(
     cfg, corpus_path: str | Path, qa_paths: Sequence[str | Path], out_dir: str | Path | None = None, seed: int = 0
 ) -> Path:

@@ -9,6 +9,7 @@ from torch import nn
 
 from searchr1.config import TrainConfig
 from searchr1.distributed import world_size
+from searchr1.models.loading import enable_checkpointing
 from searchr1.rl.batch import Batch
 from searchr1.rl.core import Aggregation, value_loss
 from searchr1.rl.logprobs import hidden_or_logits, values_of
@@ -32,8 +33,6 @@ class ValueModel(nn.Module):
         return self.value_head(h).squeeze(-1).float()
 
     def activation_checkpointing_enable(self) -> None:
-        from searchr1.rl.deepspeed_engines import enable_checkpointing  # deepspeed loads only where engines do
-
         enable_checkpointing(self.backbone)
 
 

@@ -24,6 +24,7 @@ from deepspeed.accelerator import get_accelerator  # noqa: E402
 from torch import nn  # noqa: E402
 
 from searchr1.config import DeepSpeedConfig  # noqa: E402
+from searchr1.models.loading import enable_checkpointing  # noqa: E402
 
 
 def _free_port() -> int:
@@ -90,12 +91,6 @@ def ds_config(cfg: DeepSpeedConfig, micro_batch_size: int, train: bool = True) -
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
-
-
-def enable_checkpointing(model: nn.Module) -> None:
-    """Recompute activations in the backward pass (transformers 5 renamed the call; 4.x has only the old name)."""
-    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-    enable()
 
 
 def setup_engine(
