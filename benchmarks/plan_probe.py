@@ -21,6 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from searchr1.data.qa import load_qa
 from searchr1.models.loading import load_policy
@@ -44,7 +45,7 @@ def probe(model_dir: str, items: list[dict], template: str) -> dict:
     model, tokenizer = load_policy(model_dir, device="cpu")
     phrases = {k: [tokenizer(p, add_special_tokens=False).input_ids for p in v] for k, v in plan_phrases().items()}
     by_type: dict[str, list[float]] = defaultdict(list)
-    for item in items:
+    for item in tqdm(items, desc=f"plan probe {model_dir}", unit="q"):
         prompt_ids = tokenizer(render_prompt(tokenizer, make_prompt(item["question"], template)), add_special_tokens=False).input_ids
         mass = {k: sum(math.exp(phrase_logprob(model, prompt_ids, p)) for p in ps) for k, ps in phrases.items()}
         p_multi = mass["multi"] / (mass["multi"] + mass["one"])
