@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from searchr1.data.qa import load_qa
 from searchr1.models.loading import load_policy
-from searchr1.prompts import make_prompt, render_prompt
+from searchr1.prompts import encode_prompt, make_prompt
 from searchr1.sft.trajectories import SEARCH_QUESTION
 
 
@@ -46,7 +46,7 @@ def probe(model_dir: str, items: list[dict], template: str) -> dict:
     phrases = {k: [tokenizer(p, add_special_tokens=False).input_ids for p in v] for k, v in plan_phrases().items()}
     by_type: dict[str, list[float]] = defaultdict(list)
     for item in tqdm(items, desc=f"plan probe {model_dir}", unit="q"):
-        prompt_ids = tokenizer(render_prompt(tokenizer, make_prompt(item["question"], template)), add_special_tokens=False).input_ids
+        prompt_ids = encode_prompt(tokenizer, make_prompt(item["question"], template))  # the rollout's own prompt ids
         mass = {k: sum(math.exp(phrase_logprob(model, prompt_ids, p)) for p in ps) for k, ps in phrases.items()}
         p_multi = mass["multi"] / (mass["multi"] + mass["one"])
         by_type["all"].append(p_multi)
