@@ -50,3 +50,20 @@ def test_a_child_of_a_self_initialised_process_gets_its_own_port():
     lines = [line.split()[1:] for line in out.stdout.splitlines() if line.startswith("PORT ")]
     (parent_port, parent_world), (child_port, child_world) = lines
     assert parent_world == child_world == "1" and parent_port != child_port
+
+
+def test_one_process_skips_the_shared_memory_comm_build(tmp_path):
+    """DeepSpeed JIT-compiles a shared-memory collective op (~30 s on a fresh machine) when it sets up its
+    process group; a world of one has no peer to share with, so that build is skipped."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("from searchr1.rl.deepspeed_engines import init_distributed; init_distributed(); "
+              "from deepspeed.comm import comm; print('SHM', comm.cdb.shm_comm_op)")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    env["TORCH_EXTENSIONS_DIR"] = str(tmp_path / "ext")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "SHM None" in out.stdout
+    assert not (tmp_path / "ext").exists() or not any((tmp_path / "ext").iterdir())

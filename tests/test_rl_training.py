@@ -93,6 +93,16 @@ def test_toy_reward_rises_from_below_02_to_above_08(tmp_path, algorithm, zero_st
     assert all(np.isfinite(m["policy_loss"]) and m["grad_norm"] > 0 for m in history)
 
 
+@pytest.mark.parametrize("schedule,factors", [
+    ("constant", [0.5, 1.0, 1.0, 1.0, 1.0]),
+    ("linear", [0.5, 1.0, 1.0, 0.667, 0.333]),
+    ("cosine", [0.5, 1.0, 1.0, 0.75, 0.25]),
+])
+def test_lr_schedule_after_warmup_decays_towards_zero_and_logs_the_rate_used(tmp_path, schedule, factors):
+    _, history = run_toy(tmp_path, "grpo", 2, steps=5, warmup_steps=2, lr_schedule=schedule)
+    assert [round(m["lr"] / 1e-2, 3) for m in history] == factors
+
+
 TIMING_KEYS = {"tokens_per_s", "rollout_time", "scoring_time", "update_time", "sync_time", "step_time"}
 
 

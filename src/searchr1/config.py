@@ -240,6 +240,11 @@ class TrainConfig(Section):
     lr: float = Field(1e-6, gt=0)
     critic_lr: float = Field(1e-5, gt=0)
     warmup_steps: int = Field(0, ge=0)
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant",
+        description="After warmup: constant (verl's default), or decay to 0 at train.steps, linearly (TRL's default) "
+        "or on a cosine. Decay makes the final policy an average over a smaller last stretch of noisy updates.",
+    )
     kl_coef: float = Field(0.001, ge=0)
     kl_estimator: Literal["k1", "k3", "low_var_kl"] = "low_var_kl"
     kl_in_reward: bool = False

@@ -6,6 +6,7 @@ Works single-process on CPU (gloo, ``DS_ACCELERATOR=cpu``) and under ``deepspeed
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import socket
 from collections.abc import Iterator
@@ -54,6 +55,11 @@ def init_distributed() -> None:
         port = str(_free_port())
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
         os.environ[_SELF_RANK_MARKER] = f"{os.getpid()}:{port}"
+    if os.environ.get("WORLD_SIZE") == "1":
+        # One process has no peer to share memory with: skip DeepSpeed's shared-memory collective op, a C++
+        # JIT build (~30 s on a fresh machine) that only speeds up collectives between processes of a node.
+        # (importlib: the attribute deepspeed.comm.torch is the torch package itself, not this module.)
+        importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
     backend = "gloo" if get_accelerator().device_name() == "cpu" else get_accelerator().communication_backend_name()
     deepspeed.init_distributed(dist_backend=backend, verbose=False)
 

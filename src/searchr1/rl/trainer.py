@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import random
 import shutil
 import threading
@@ -231,7 +232,7 @@ class RLTrainer:
             "score": score / n,
             **dict.fromkeys(untrained, 0.0),  # every step logs the same keys (DVC plots read rows alike)
             **stats,
-            "lr": self._lr(self.cfg.lr),
+            "lr": self.actor.engine.optimizer.param_groups[0]["lr"],  # the rate this step's update used
             "samples_trained": float(trained),
             "response_length": tokens / n,
             "generated_length": generated / n,
@@ -255,9 +256,15 @@ class RLTrainer:
         self.last_samples = [s for part in gathered for s in part] if self.rank == 0 else []
 
     def _lr(self, base: float) -> float:
-        """Linear warmup over ``warmup_steps`` trainer steps, then constant (verl's default schedule)."""
-        w = self.cfg.warmup_steps
-        return base * min(1.0, (self.step + 1) / w) if w > 0 else base
+        """The learning rate of the current step: linear warmup over ``warmup_steps``, then ``lr_schedule``."""
+        cfg, step = self.cfg, self.step
+        if step < cfg.warmup_steps:
+            return base * (step + 1) / cfg.warmup_steps
+        if cfg.lr_schedule == "constant":
+            return base
+        # Decay from the end of warmup to 0 after the last step (the last step still trains: 1/n of base).
+        left = (cfg.steps - step) / max(1, cfg.steps - cfg.warmup_steps)
+        return base * (left if cfg.lr_schedule == "linear" else 0.5 * (1 - math.cos(math.pi * left)))
 
     def _set_lr(self) -> None:
         for role, base in ((self.actor, self.cfg.lr), (self.critic, self.cfg.critic_lr)):
