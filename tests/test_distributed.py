@@ -11,13 +11,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import distributed_scenarios as sc
 import pytest
 import torch
 
-import distributed_scenarios as sc
+from searchr1.models.tiny import build_tiny_policy
 from searchr1.rl.prompts import PromptSampler, shard
 from searchr1.rl.trainer import RLTrainer
-from searchr1.models.tiny import build_tiny_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SEARCHR1_SELF_RANK")
@@ -42,7 +42,7 @@ def load(out: Path, name: str, rank: int) -> dict:
 def assert_same_weights(a: dict, b: dict, atol: float = 2e-6) -> None:
     assert a.keys() == b.keys()
     for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=1e-5, msg=lambda m: f"{k}: {m}")
+        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
 
 
 def test_ranks_roll_out_disjoint_prompts_whose_union_is_the_steps_and_rank_0_keeps_all_samples(two_ranks):

@@ -9,9 +9,9 @@ from torch import nn
 
 from searchr1.models.tiny import build_tiny_policy
 from searchr1.rl.batch import collate
-from searchr1.rl.logprobs import forward_logprobs, hidden_or_logits, logprobs_of
 from searchr1.rl.core import clipped_policy_loss, kl_penalty, masked_mean, value_loss
 from searchr1.rl.critic import build_value_model
+from searchr1.rl.logprobs import forward_logprobs, hidden_or_logits, logprobs_of
 from searchr1.rollout.types import Sample
 
 

@@ -240,9 +240,9 @@ def test_on_policy_step_measures_kl_and_entropy_of_the_sampling_policy(tmp_path)
     import copy
 
     from searchr1.rl.batch import collate
+    from searchr1.rl.core import kl_penalty, masked_mean
     from searchr1.rl.logprobs import logprobs_of
     from searchr1.rl.reference import Reference
-    from searchr1.rl.core import kl_penalty, masked_mean
 
     seen = []
 

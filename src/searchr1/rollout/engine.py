@@ -7,7 +7,6 @@ model's forward pass and KV cache (CPU or GPU), ``VLLMEngine`` (vllm_engine.py) 
 from __future__ import annotations
 
 import random
-
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
