@@ -39,6 +39,12 @@ def test_overrides_land_in_typed_objects():
     assert s.qa.train_datasets == ["nq"]
 
 
+def test_the_searched_index_is_always_built():
+    assert load_settings(None, []).retrieval.build == ["bm25"]  # the demo searches BM25: no corpus encoding
+    assert load_settings(None, ["retrieval.method=dense"]).retrieval.build == ["bm25", "dense"]
+    assert load_settings(None, ["retrieval.method=hybrid", "retrieval.build=[dense]"]).retrieval.build == ["dense", "bm25"]
+
+
 def test_bad_override_syntax_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         load_settings(None, ["train.lr"])

@@ -179,6 +179,33 @@ def test_copy_head_incremental_generation_matches_full_forward():
     torch.testing.assert_close(full.exp().sum(-1), torch.ones(2, seq.shape[1]), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("kind", ["copy", "plain"])
+def test_logits_at_selected_positions_equal_the_full_logits_and_their_gradients(kind):
+    """Training computes logits only where a loss reads them (models/heads.py): the same values, and the
+    same parameter gradients, as selecting from the full logits, with left padding in the batch."""
+    from searchr1.models.heads import logits_at
+    from searchr1.models.tiny import build_tiny_policy
+
+    model = _copy_llama() if kind == "copy" else build_tiny_policy(300, seed=0, hidden_size=32)
+    ids = torch.randint(3, 300, (3, 12), generator=torch.Generator().manual_seed(2))
+    attn = torch.ones_like(ids)
+    ids[1, :4], attn[1, :4] = 0, 0
+    at = torch.rand(3, 12, generator=torch.Generator().manual_seed(3)) < 0.3
+    at[1, :4] = False
+    results = []
+    for select in (False, True):
+        model.zero_grad()
+        out = logits_at(model, at, ids, attention_mask=attn) if select else model(input_ids=ids, attention_mask=attn).logits[at]
+        (out.float().logsumexp(-1) * torch.arange(1.0, len(out) + 1)).sum().backward()
+        results.append((out.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    (full, full_grads), (selected, selected_grads) = results
+    assert selected.shape == (int(at.sum()), 300)
+    torch.testing.assert_close(selected, full, atol=1e-5, rtol=1e-5)
+    assert len(selected_grads) == len(full_grads)
+    for a, b in zip(full_grads, selected_grads):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+
+
 @torch.no_grad()
 def test_copy_head_copies_an_untrained_multi_token_name():
     """With the gate on copying, the induction term alone continues a name seen earlier in the context,

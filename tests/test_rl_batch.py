@@ -55,8 +55,11 @@ def test_logprobs_of_padded_batch_equal_unpadded_per_sample_scores():
             logits = model(input_ids=ids).logits[0]
         p = len(s.prompt_ids)
         ref = torch.log_softmax(logits[p - 1 : -1], -1).gather(-1, ids[0, p:, None]).squeeze(-1)
-        torch.testing.assert_close(logp[i, : len(s.response_ids)], ref, atol=1e-5, rtol=0)
-    assert (ent[b.valid_mask.bool()] > 0).all()
+        # Scored where a loss reads them, the policy's own tokens; 0 on retrieved tokens and padding.
+        mask = b.loss_mask[i, : len(s.response_ids)].bool()
+        torch.testing.assert_close(logp[i, : len(s.response_ids)][mask], ref[mask], atol=1e-5, rtol=0)
+        assert (logp[i][~b.loss_mask[i].bool()] == 0).all()
+    assert (ent[b.loss_mask.bool()] > 0).all() and (ent[~b.loss_mask.bool()] == 0).all()
 
 
 class _LogitsAsParameter(nn.Module):

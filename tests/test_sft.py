@@ -15,7 +15,15 @@ from searchr1.models.micro import train_micro_tokenizer
 from searchr1.models.tiny import build_tiny_policy
 from searchr1.prompts import INFO_OPEN
 from searchr1.retrieval.base import Doc
-from searchr1.sft.train import batch_loss_backward, collate, masked_lm_loss, read_train_rows, run_sft, tokenize_example
+from searchr1.sft.train import (
+    batch_loss_backward,
+    collate,
+    masked_lm_loss,
+    read_train_rows,
+    run_sft,
+    tokenize_example,
+    trainable_token_loss,
+)
 from searchr1.sft.trajectories import build_sft_examples, contains_answer, gold_queries, perturb_query
 
 FIRST = ["Zorbak", "Maritsa", "Dunkar", "Ulpy", "Tesri", "Orvane", "Kelmit", "Sabra"]
@@ -165,6 +173,30 @@ def test_information_tokens_get_no_loss_and_no_gradient(tokenizer):
     assert (grad_norm[:-1][target_mask == 0] == 0).all()
     assert (grad_norm[:-1][target_mask == 1] > 0).all()
     assert grad_norm[-1] == 0  # the last position predicts nothing
+
+
+@pytest.mark.parametrize("copy_head", [True, False])
+def test_trainable_token_loss_equals_the_full_logits_loss(tokenizer, copy_head):
+    """The SFT loss computes logits at trainable targets only: the same loss and gradient as the
+    cross-entropy over full logits masked to those targets."""
+    from searchr1.models.micro import build_micro_policy
+
+    docs, train, _ = make_world()
+    examples = build_sft_examples(train[:3], gold(train[:3]), KeywordRetriever(docs), 2, SFTConfig(query_noise=0, skip_hop=0))
+    batch = collate([tokenize_example(ex["segments"], tokenizer, 1024) for ex in examples], tokenizer.pad_token_id)
+    results = []
+    for fast in (False, True):
+        torch.manual_seed(0)
+        model = build_micro_policy(PolicyConfig(micro_hidden_size=32, micro_copy_head=copy_head), tokenizer)
+        if fast:
+            loss = trainable_token_loss(model, batch)
+        else:
+            loss = masked_lm_loss(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                                  batch["input_ids"], batch["loss_mask"])
+        loss.backward()
+        results.append((loss.item(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])))
+    assert results[1][0] == pytest.approx(results[0][0], rel=1e-5)
+    torch.testing.assert_close(results[1][1], results[0][1], atol=1e-6, rtol=1e-4)
 
 
 def test_micro_batches_give_the_whole_batch_loss_and_gradient():

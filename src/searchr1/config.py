@@ -129,11 +129,22 @@ class RetrievalConfig(Section):
     method: Literal["bm25", "dense", "hybrid"] = "bm25"
     topk: int = Field(3, ge=1)
     index_dir: str = "indexes"
-    build: list[Literal["bm25", "dense"]] = ["bm25", "dense"]
+    build: list[Literal["bm25", "dense"]] = Field(
+        ["bm25"], description="Indexes to build; the ones retrieval.method searches are always added (dense: "
+        "encoding the corpus is most of the index stage's time, so the bm25 demo does not pay for it)."
+    )
     encoder: EncoderConfig = EncoderConfig()
     faiss: FaissConfig = FaissConfig()
     server: ServerConfig = ServerConfig()
     rrf_k: int = Field(60, ge=1)
+
+    @model_validator(mode="after")
+    def _build_what_is_searched(self) -> RetrievalConfig:
+        needed = {"bm25": ["bm25"], "dense": ["dense"], "hybrid": ["bm25", "dense"]}[self.method]
+        missing = [name for name in needed if name not in self.build]
+        if missing:  # (assignment re-validates: only when something is missing, so it terminates)
+            self.build = [*self.build, *missing]
+        return self
 
 
 class PolicyConfig(Section):
@@ -269,8 +280,8 @@ class TrainConfig(Section):
         None, description="Mask retrieved tokens in the value loss and GAE too (default: as train.mask_retrieved)."
     )
     logprob_chunk: int = Field(
-        1024, ge=0, description="Response positions per chunk of the LM head when scoring (bounds full-vocabulary "
-        "logits memory to micro-batch x chunk x vocab); 0 = one pass."
+        1024, ge=0, description="Policy-token positions per chunk of the LM head when scoring (bounds full-vocabulary "
+        "logits memory to chunk x vocab; logits are computed at the policy's own tokens only); 0 = one pass."
     )
     save_every: int = Field(10, ge=1)
     eval_every: int = Field(10, ge=1)

@@ -46,6 +46,7 @@ class CopyLlamaForCausalLM(LlamaForCausalLM):
     # Its logits mix lm_head(h) with attention over the context's tokens: RL scoring cannot run the
     # head alone on chunks of hidden states (rl/logprobs.plain_head).
     logits_need_context = True
+    supports_logits_at = True  # forward(logits_at=mask): logits at the masked positions only
 
     def __init__(self, config: CopyLlamaConfig):
         super().__init__(config)
@@ -74,8 +75,12 @@ class CopyLlamaForCausalLM(LlamaForCausalLM):
         labels=None,
         use_cache=None,
         logits_to_keep=0,
+        logits_at=None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
+        """``logits_at`` (bool, batch x the positions ``logits_to_keep`` keeps): return logits only there,
+        as an (N, vocab) tensor in row-major order. Training reads log-probs of the policy's own tokens
+        only (a sixth of SFT positions): the vocabulary-wide mixing is most of this head's cost."""
         if input_ids is None:
             raise ValueError("the copy head needs input_ids (it points at context tokens)")
         out = self.model(
@@ -112,11 +117,15 @@ class CopyLlamaForCausalLM(LlamaForCausalLM):
         if attention_mask is not None:
             allowed = allowed & attention_mask[:, None, -width:].bool()
         allowed = allowed | (context == query_pos[:, None])[None]  # itself: a padding row is never all -inf
+        targets = ids[:, None, :].expand(-1, steps, -1)  # the token id at each pointed-at position
+        if logits_at is not None:  # (B, T, ...) -> (N, ...): only the selected positions from here on
+            allowed = allowed.expand(scores.shape[0], -1, -1)
+            scores, allowed, targets, h = scores[logits_at], allowed[logits_at], targets[logits_at], h[logits_at]
         attn = scores.float().masked_fill(~allowed, float("-inf")).softmax(-1)
         gate = torch.sigmoid(self.copy_gate(h).float())
         vocab = self.lm_head(h).float().softmax(-1)
         # g * vocab + (1 - g) * (attention scattered onto token ids), without a dense copy tensor.
-        probs = (gate * vocab).scatter_add(2, ids[:, None, :].expand(-1, steps, -1), (1 - gate) * attn)
+        probs = (gate * vocab).scatter_add(-1, targets, (1 - gate) * attn)
         logits = torch.log(probs + 1e-9)  # the epsilon keeps log finite where both parts are 0
 
         loss = None

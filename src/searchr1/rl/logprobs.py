@@ -1,8 +1,9 @@
 """Score response tokens under a model: log-probs, entropy and critic values, memory-bounded.
 
 Full-vocabulary fp32 logits are the largest tensor in RL training (8 x 4k tokens x 151,936 x 4 bytes
-is 20 GB for Qwen; the softmax for the entropy doubles it). When the model's logits are a plain
-``lm_head(hidden)``, the head runs over ``chunk_size`` response positions at a time and, with
+is 20 GB for Qwen; the softmax for the entropy doubles it). They are computed only at the policy's own
+tokens (``loss_mask``), never at retrieved passages or padding. When the model's logits are a plain
+``lm_head(hidden)``, the head runs over ``chunk_size`` of those positions at a time and, with
 gradients, each chunk is recomputed in the backward pass (activation checkpointing), so only one
 chunk's logits are ever alive. Other heads (our copy head, soft-capped logits), and the update pass
 under ZeRO-3, take one pass.
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from searchr1.models.heads import head_apart_keeps_gradients, logits_at, plain_head
 from searchr1.rl.batch import Batch
 from searchr1.rl.core import entropy_from_logits
 
@@ -33,21 +35,6 @@ def hidden_or_logits(model: nn.Module, batch: Batch, **kwargs) -> torch.Tensor:
     return x[:, start : start + R]
 
 
-def plain_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
-    """(backbone, lm_head) when the model's logits are exactly ``lm_head(backbone(x).last_hidden_state)``."""
-    module = getattr(model, "module", model)  # a DeepSpeed engine wraps the HF model
-    config = getattr(module, "config", None)
-    if config is None or getattr(module, "logits_need_context", False):  # e.g. the copy head
-        return None
-    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None) not in (None, 1.0):
-        return None
-    head = module.get_output_embeddings() if hasattr(module, "get_output_embeddings") else None
-    backbone = getattr(module, getattr(module, "base_model_prefix", ""), None)
-    if head is None or backbone is None or backbone is module:
-        return None
-    return backbone, head
-
-
 def _logp_and_entropy(logits: torch.Tensor, targets: torch.Tensor, temperature: float, with_entropy: bool,
                       entropy_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     logits = logits.float()
@@ -65,39 +52,45 @@ def forward_logprobs(
     model: nn.Module, batch: Batch, temperature: float = 1.0, with_entropy: bool = True,
     entropy_grad: bool = True, chunk_size: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log pi(y_t | y_<t) of each response token (logits / temperature, as sampled), and the entropy
-    (with ``entropy_grad=False`` a detached value, for logging, that builds no graph).
+    """log pi(y_t | y_<t) of each response token the policy generated (logits / temperature, as
+    sampled), and the entropy (with ``entropy_grad=False`` a detached value, for logging, that builds no
+    graph), both ``[B, R]``.
 
-    ``chunk_size`` > 0 bounds the logits held at once to ``B x chunk_size x vocab`` (see module doc)."""
-    R = batch.response_len
-    parts = plain_head(model) if 0 < chunk_size < R else None
-    if parts is not None and torch.is_grad_enabled() and any(hasattr(p, "ds_id") for p in parts[1].parameters()):
-        # ZeRO-3 partitions the head: called once per chunk it lost part of the (tied) weight's gradient
-        # (grad norm 0.36 vs 0.48 in tests/test_distributed.py), so its update pass takes one pass.
+    Logits are computed only where a loss reads them, ``batch.loss_mask`` (models/heads.py); other
+    positions get 0, which every loss, KL and entropy mean weighs by loss_mask = 0. ``chunk_size`` > 0
+    bounds the logits held at once to ``chunk_size x vocab`` (see module doc)."""
+    keep = batch.loss_mask.bool()
+    if not keep.any():  # a row padded in for equal passes over ranks: one position keeps the graph whole
+        keep = torch.zeros_like(keep)
+        keep[0, 0] = True
+    targets = batch.responses[keep]
+    at = torch.zeros_like(batch.input_ids, dtype=torch.bool)
+    at[:, batch.prompt_len - 1 : batch.prompt_len - 1 + batch.response_len] = keep  # position t predicts t + 1
+    inputs = {"attention_mask": batch.attention_mask, "position_ids": batch.position_ids}
+
+    parts = plain_head(model) if 0 < chunk_size < len(targets) else None
+    if parts is not None and not head_apart_keeps_gradients(parts[1]):  # ZeRO-3's update pass: one pass
         parts = None
     if parts is None:
-        # Only the R + 1 last positions predict response tokens: skip the LM head over the prompt.
-        logits = hidden_or_logits(model, batch, logits_to_keep=R + 1)
-        return _logp_and_entropy(logits, batch.responses, temperature, with_entropy, entropy_grad)
+        logp, entropy = _logp_and_entropy(logits_at(model, at, batch.input_ids, **inputs), targets, temperature,
+                                          with_entropy, entropy_grad)
+    else:
+        backbone, head = parts
+        hidden = backbone(input_ids=batch.input_ids, use_cache=False, **inputs).last_hidden_state[at]
 
-    backbone, head = parts
-    hidden = backbone(
-        input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
-        use_cache=False,
-    ).last_hidden_state[:, batch.prompt_len - 1 : batch.prompt_len - 1 + R]
+        def score(h: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            logp, entropy = _logp_and_entropy(head(h), y, temperature, with_entropy, entropy_grad)
+            return (logp,) if entropy is None else (logp, entropy)
 
-    def score(h: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        logp, entropy = _logp_and_entropy(head(h), targets, temperature, with_entropy, entropy_grad)
-        return (logp,) if entropy is None else (logp, entropy)
-
-    logps, entropies = [], []
-    for start in range(0, R, chunk_size):
-        args = (hidden[:, start : start + chunk_size], batch.responses[:, start : start + chunk_size])
-        out = checkpoint(score, *args, use_reentrant=False) if torch.is_grad_enabled() else score(*args)
-        logps.append(out[0])
-        if with_entropy:
-            entropies.append(out[1])
-    return torch.cat(logps, 1), torch.cat(entropies, 1) if with_entropy else None
+        chunks = []
+        for start in range(0, len(targets), chunk_size):
+            args = (hidden[start : start + chunk_size], targets[start : start + chunk_size])
+            chunks.append(checkpoint(score, *args, use_reentrant=False) if torch.is_grad_enabled() else score(*args))
+        logp = torch.cat([c[0] for c in chunks])
+        entropy = torch.cat([c[1] for c in chunks]) if with_entropy else None
+    where = keep.nonzero(as_tuple=True)
+    logp = logp.new_zeros(keep.shape).index_put(where, logp)
+    return logp, None if entropy is None else entropy.new_zeros(keep.shape).index_put(where, entropy)
 
 
 @torch.no_grad()

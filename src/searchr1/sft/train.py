@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from searchr1.io import DataError, atomic_path, iter_jsonl, read_json, write_json, write_jsonl
+from searchr1.models.heads import logits_at
 from searchr1.models.loading import POLICY_FILE, load_policy
 from searchr1.prompts import encode_prompt, format_passages
 from searchr1.retrieval.base import Retriever
@@ -73,6 +74,17 @@ def masked_lm_loss(
     return (ce * mask.flatten()).sum() / (mask.sum() if num_targets is None else num_targets).clamp(min=1)
 
 
+def trainable_token_loss(model, batch: dict[str, torch.Tensor], num_targets: torch.Tensor | None = None) -> torch.Tensor:
+    """``masked_lm_loss`` with logits computed at the trainable targets' positions only (models/heads.py):
+    the prompt and retrieved passages, most of an example, are context and need no vocabulary-wide
+    work. The same loss and gradient as ``masked_lm_loss`` on the full logits."""
+    targets = batch["loss_mask"][:, 1:].bool()
+    at = F.pad(targets, (0, 1))  # position t predicts token t + 1
+    logits = logits_at(model, at, batch["input_ids"], attention_mask=batch["attention_mask"])
+    ce = F.cross_entropy(logits.float(), batch["input_ids"][:, 1:][targets], reduction="sum")
+    return ce / (targets.sum() if num_targets is None else num_targets).clamp(min=1)
+
+
 def micro_batches(batch: dict[str, torch.Tensor], size: int | None):
     """Row slices of a right-padded batch, each cut to its own longest row (less padding to compute)."""
     rows = batch["input_ids"].shape[0]
@@ -85,15 +97,14 @@ def micro_batches(batch: dict[str, torch.Tensor], size: int | None):
 
 def batch_loss_backward(model, batch: dict[str, torch.Tensor], micro_batch_size: int | None) -> float:
     """Backward of the batch's token-mean loss, accumulated over micro-batches (the same gradient as
-    one pass; peak memory of one micro-batch: the logits alone are rows x length x vocab floats)."""
+    one pass; peak memory of one micro-batch: its logits are trainable targets x vocab floats)."""
     num_targets = batch["loss_mask"][:, 1:].sum()
     total = 0.0
     for part in micro_batches(batch, micro_batch_size):
-        logits = model(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
-        loss = masked_lm_loss(logits, part["input_ids"], part["loss_mask"], num_targets)
+        loss = trainable_token_loss(model, part, num_targets)
         loss.backward()
         total += loss.item()
-        del logits, loss
+        del loss
     return total
 
 
