@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from searchr1.config import PolicyConfig, Settings, SFTConfig
 from searchr1.io import DataError
@@ -18,13 +19,27 @@ from searchr1.retrieval.base import Doc
 from searchr1.sft.train import (
     batch_loss_backward,
     collate,
-    masked_lm_loss,
     read_train_rows,
     run_sft,
     tokenize_example,
     trainable_token_loss,
 )
 from searchr1.sft.trajectories import build_sft_examples, contains_answer, gold_queries, perturb_query
+
+
+def masked_lm_loss(
+    logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor, num_targets: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Token-mean next-token cross-entropy over positions whose target has loss_mask == 1, on full logits:
+    the definition sft.train.trainable_token_loss must equal.
+
+    ``num_targets`` divides instead of this batch's own count: a micro-batch's share of a larger batch's
+    token mean, so accumulated micro-batches give the whole batch's loss and gradient."""
+    targets = input_ids[:, 1:]
+    mask = loss_mask[:, 1:].to(logits.dtype)
+    ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), reduction="none")
+    return (ce * mask.flatten()).sum() / (mask.sum() if num_targets is None else num_targets).clamp(min=1)
+
 
 FIRST = ["Zorbak", "Maritsa", "Dunkar", "Ulpy", "Tesri", "Orvane", "Kelmit", "Sabra"]
 LAST = ["Quellin", "Velmor", "Solath", "Grovenka", "Athmora", "Brindle", "Cortesz"]

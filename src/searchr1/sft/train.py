@@ -61,23 +61,12 @@ def longest_turn(loss_mask: Sequence[int]) -> int:
     return best
 
 
-def masked_lm_loss(
-    logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor, num_targets: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Token-mean next-token cross-entropy over positions whose target has loss_mask == 1.
-
-    ``num_targets`` divides instead of this batch's own count: a micro-batch's share of a larger batch's
-    token mean, so accumulated micro-batches give the whole batch's loss and gradient."""
-    targets = input_ids[:, 1:]
-    mask = loss_mask[:, 1:].to(logits.dtype)
-    ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), reduction="none")
-    return (ce * mask.flatten()).sum() / (mask.sum() if num_targets is None else num_targets).clamp(min=1)
-
-
 def trainable_token_loss(model, batch: dict[str, torch.Tensor], num_targets: torch.Tensor | None = None) -> torch.Tensor:
-    """``masked_lm_loss`` with logits computed at the trainable targets' positions only (models/heads.py):
-    the prompt and retrieved passages, most of an example, are context and need no vocabulary-wide
-    work. The same loss and gradient as ``masked_lm_loss`` on the full logits."""
+    """Token-mean next-token cross-entropy over targets with loss_mask == 1, with logits computed at those
+    positions only (models/heads.py): the prompt and retrieved passages, most of an example, are context
+    and need no vocabulary-wide work. ``num_targets`` divides instead of this batch's own count: a
+    micro-batch's share of a larger batch's token mean, so accumulated micro-batches give the whole
+    batch's loss and gradient."""
     targets = batch["loss_mask"][:, 1:].bool()
     at = F.pad(targets, (0, 1))  # position t predicts token t + 1
     logits = logits_at(model, at, batch["input_ids"], attention_mask=batch["attention_mask"])
