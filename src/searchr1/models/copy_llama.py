@@ -44,7 +44,7 @@ class CopyLlamaConfig(LlamaConfig):
 class CopyLlamaForCausalLM(LlamaForCausalLM):
     config_class = CopyLlamaConfig
     # Its logits mix lm_head(h) with attention over the context's tokens: RL scoring cannot run the
-    # head alone on chunks of hidden states (rl/logprobs.plain_head).
+    # head alone on chunks of hidden states (models/heads.plain_head).
     logits_need_context = True
     supports_logits_at = True  # forward(logits_at=mask): logits at the masked positions only
 
