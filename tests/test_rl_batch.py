@@ -161,7 +161,7 @@ def test_validation_holdout_is_a_seeded_draw_across_all_sources():
 
 
 def test_chunked_scoring_equals_one_pass_in_values_and_gradients():
-    from searchr1.rl.logprobs import plain_head
+    from searchr1.models.heads import plain_head
 
     b = collate(SAMPLES)
     model = build_tiny_policy(32, seed=0, hidden_size=32, layers=2)
@@ -181,7 +181,7 @@ def test_chunked_scoring_equals_one_pass_in_values_and_gradients():
 
 def test_the_copy_head_is_never_chunked():
     from searchr1.models.copy_llama import CopyLlamaConfig, CopyLlamaForCausalLM
-    from searchr1.rl.logprobs import plain_head
+    from searchr1.models.heads import plain_head
 
     config = CopyLlamaConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                              num_attention_heads=2, num_key_value_heads=2, copy_head_dim=8)

@@ -27,10 +27,14 @@ def plain_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     return backbone, head
 
 
-def head_apart_keeps_gradients(head: nn.Module) -> bool:
-    """Whether the head may run outside the model's own forward. Not in a ZeRO-3 backward: DeepSpeed's
-    partitioned (tied) head lost part of its gradient so (grad norm 0.36 vs 0.48, tests/test_distributed.py)."""
-    return not (torch.is_grad_enabled() and any(hasattr(p, "ds_id") for p in head.parameters()))
+def head_to_run_apart(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+    """``plain_head(model)`` when its head may also run outside the model's own forward: not in a ZeRO-3
+    backward, where DeepSpeed's partitioned (tied) head lost part of its gradient so (grad norm 0.36 vs
+    0.48, tests/test_distributed.py)."""
+    parts = plain_head(model)
+    if parts is not None and torch.is_grad_enabled() and any(hasattr(p, "ds_id") for p in parts[1].parameters()):
+        return None
+    return parts
 
 
 def logits_at(model: nn.Module, at: torch.Tensor, input_ids: torch.Tensor, **inputs) -> torch.Tensor:
@@ -39,9 +43,7 @@ def logits_at(model: nn.Module, at: torch.Tensor, input_ids: torch.Tensor, **inp
     module = getattr(model, "module", model)
     if getattr(module, "supports_logits_at", False):  # the copy head: its own selection
         return model(input_ids=input_ids, logits_at=at, use_cache=False, **inputs).logits
-    parts = plain_head(model)
-    if parts is not None and not head_apart_keeps_gradients(parts[1]):
-        parts = None
+    parts = head_to_run_apart(model)
     if parts is not None:
         backbone, head = parts
         hidden = backbone(input_ids=input_ids, use_cache=False, **inputs).last_hidden_state

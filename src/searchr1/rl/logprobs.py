@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from searchr1.models.heads import head_apart_keeps_gradients, logits_at, plain_head
+from searchr1.models.heads import head_to_run_apart, logits_at
 from searchr1.rl.batch import Batch
 from searchr1.rl.core import entropy_from_logits
 
@@ -68,9 +68,7 @@ def forward_logprobs(
     at[:, batch.prompt_len - 1 : batch.prompt_len - 1 + batch.response_len] = keep  # position t predicts t + 1
     inputs = {"attention_mask": batch.attention_mask, "position_ids": batch.position_ids}
 
-    parts = plain_head(model) if 0 < chunk_size < len(targets) else None
-    if parts is not None and not head_apart_keeps_gradients(parts[1]):  # ZeRO-3's update pass: one pass
-        parts = None
+    parts = head_to_run_apart(model) if 0 < chunk_size < len(targets) else None  # ZeRO-3's update: one pass
     if parts is None:
         logp, entropy = _logp_and_entropy(logits_at(model, at, batch.input_ids, **inputs), targets, temperature,
                                           with_entropy, entropy_grad)
