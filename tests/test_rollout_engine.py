@@ -247,3 +247,73 @@ def test_rollout_counts_a_repeated_turn_as_invalid(smol):
     [s] = res.samples
     assert s.truncated["repeat"] == 1 and res.stats["truncated_repeat"] == 1
     assert s.turns[-1].action == "invalid" and sum(s.response_mask) == 8 and not s.finished
+
+
+def test_growing_cache_layer_equals_concatenation_and_writes_in_place():
+    """GrowingLayer returns what DynamicLayer's torch.cat returns, through reallocations and rows leaving,
+    and between reallocations appends without moving its buffer."""
+    from transformers.cache_utils import DynamicLayer
+
+    from searchr1.models.kv_cache import GrowingLayer
+
+    gen = torch.Generator().manual_seed(0)
+    grow, ref = GrowingLayer(), DynamicLayer()
+    rows = 4
+    in_place = 0
+    for step, new in enumerate([7, 1, 1, 1, 30, 1, 1, 60, 1, 1]):
+        if step == 6:  # rows 1 and 3 leave the batch
+            idx = torch.tensor([0, 2])
+            grow.batch_select_indices(idx), ref.batch_select_indices(idx)
+            rows = 2
+        k, v = torch.randn(rows, 2, new, 8, generator=gen), torch.randn(rows, 2, new, 8, generator=gen)
+        before = None if grow._buffers is None else grow._buffers[0].data_ptr()
+        gk, gv = grow.update(k, v)
+        rk, rv = ref.update(k, v)
+        torch.testing.assert_close(gk, rk, rtol=0, atol=0)
+        torch.testing.assert_close(gv, rv, rtol=0, atol=0)
+        assert grow.get_seq_length() == ref.get_seq_length()
+        in_place += before == grow._buffers[0].data_ptr()
+    assert in_place >= 5  # the single-token steps (all but the reallocations) wrote into the same buffer
+    grow.crop(-3), ref.crop(-3)  # ops that replace the tensors start a fresh buffer on the next update
+    k = torch.randn(2, 2, 1, 8, generator=gen)
+    torch.testing.assert_close(grow.update(k, k)[0], ref.update(k, k)[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", ["llama", "copy_head"])
+def test_engine_decodes_the_same_with_the_growing_cache_as_with_the_models_own(smol, kind, monkeypatch):
+    """Tokens and log-probs are identical with the in-place cache (reallocating every couple of tokens
+    here) and with transformers' default cache, rows leaving the batch included."""
+    from searchr1.models.kv_cache import GrowingLayer
+
+    model = build_tiny_policy(len(smol), seed=0) if kind == "llama" else _copy_head_model(len(smol))
+    ps, sampling = prompts(smol), SamplingSettings(temperature=1.0, seed=7)
+    free = HFEngine(model, smol).generate(ps, 24, sampling, stop=[])
+    stop = [smol.decode(free[1].token_ids[3:5])]  # row 1 leaves the batch early
+    monkeypatch.setattr(GrowingLayer, "MIN_SPARE", 2)
+    grown_layers = []
+    real_update = GrowingLayer.update
+    monkeypatch.setattr(GrowingLayer, "update", lambda self, *a, **k: grown_layers.append(self) or real_update(self, *a, **k))
+    grown = HFEngine(model, smol).generate(ps, 24, sampling, stop=stop)
+    assert len({id(layer) for layer in grown_layers}) == model.config.num_hidden_layers + (kind == "copy_head")
+    calls = len(grown_layers)
+    default = HFEngine(model, smol, in_place_cache=False).generate(ps, 24, sampling, stop=stop)
+    assert len(grown_layers) == calls  # the comparison ran on transformers' own cache
+    assert [g.token_ids for g in grown] == [g.token_ids for g in default]
+    assert [g.logprobs for g in grown] == [g.logprobs for g in default]
+    assert len(grown[1].token_ids) < max(len(g.token_ids) for g in grown)
+
+
+def test_growing_cache_is_not_used_for_sliding_window_models():
+    from transformers import MistralConfig, Qwen2Config
+
+    from searchr1.models.kv_cache import growing_cache
+
+    class Stub(torch.nn.Module):
+        def __init__(self, config):
+            super().__init__()
+            self.config = config
+
+    small = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2)
+    assert growing_cache(Stub(MistralConfig(sliding_window=64, **small))) is None
+    assert growing_cache(Stub(Qwen2Config(use_sliding_window=True, sliding_window=64, max_window_layers=0, **small))) is None
+    assert growing_cache(Stub(Qwen2Config(use_sliding_window=False, **small))) is not None

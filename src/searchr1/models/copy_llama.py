@@ -62,8 +62,9 @@ class CopyLlamaForCausalLM(LlamaForCausalLM):
     def _copy_layer(self, cache) -> int:
         """Index of the cache layer holding copy keys and token ids (one past the decoder layers)."""
         idx = self.config.num_hidden_layers
+        layer_class = getattr(cache, "layer_class_to_replicate", None) or DynamicLayer  # growing_cache's, if given
         while len(cache.layers) <= idx:
-            cache.layers.append(DynamicLayer())
+            cache.layers.append(layer_class())
         return idx
 
     def forward(

@@ -14,6 +14,7 @@ from typing import Literal, Protocol, runtime_checkable
 import torch
 
 from searchr1.models.copy_llama import CACHE_ARG  # the KV-cache keyword of this transformers version
+from searchr1.models.kv_cache import growing_cache
 
 FinishReason = Literal["stop", "eos", "length", "repeat"]
 
@@ -158,12 +159,15 @@ class HFEngine:
 
     Its own loop over the model's forward with a KV cache, rather than ``model.generate``: a row that hits a
     stop string or EOS, or degenerates into repetition, leaves the batch at once (its cache rows are
-    dropped), so a turn costs the sum of the rows' lengths, not batch size x the longest row.
+    dropped), so a turn costs the sum of the rows' lengths, not batch size x the longest row. The cache
+    grows in place (models/kv_cache.py) instead of being copied on every token.
     """
 
-    def __init__(self, model, tokenizer, max_batch_size: int | None = None, cut_repeats: bool = True):
+    def __init__(self, model, tokenizer, max_batch_size: int | None = None, cut_repeats: bool = True,
+                 in_place_cache: bool = True):
         self.model, self.tokenizer, self.max_batch_size = model.eval(), tokenizer, max_batch_size
         self.cut_repeats = cut_repeats  # end a row whose tail repeats (finish_reason "repeat")
+        self.in_place_cache = in_place_cache  # False: transformers' own cache (same numbers; for comparison)
         eos = model.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])
         if tokenizer.eos_token_id is not None:
@@ -227,7 +231,11 @@ class HFEngine:
         logprobs: list[list[float]] = [[] for _ in range(n)]
         reasons: list[FinishReason] = ["length"] * n
         rows = torch.arange(n, device=device)  # original index of each row still in the batch
-        out = self.model(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=True, logits_to_keep=1)
+        cache = growing_cache(self.model) if self.in_place_cache else None  # None: the model's own cache type
+        out = self.model(
+            input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=True, logits_to_keep=1,
+            **({CACHE_ARG: cache} if cache is not None else {}),
+        )
         cache = getattr(out, CACHE_ARG)
         watch = self._watch(stop, out.logits.shape[-1], device) if stop else None
         for t in range(max_new_tokens):
