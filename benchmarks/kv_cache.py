@@ -10,7 +10,8 @@ Workload (defaults): the demo's GRPO rollout, ``--prompts`` 16 training question
 settings from params.yaml (T, top_p, turns, token limits), the retriever of ``retrieval.method``, on a
 trained policy (``--model``, default the demo's cold start ``models/sft``; run ``make demo`` first). Each
 repeat draws other questions and seeds; arms alternate and the order rotates.
-Usage: python benchmarks/kv_cache.py [--model models/sft] [--repeats 5] [--out reports/benchmarks/kv_cache.json]
+Usage: python benchmarks/kv_cache.py [--model models/sft] [--repeats 5] [--set rollout.template=search_r1 ...]
+       [--out reports/benchmarks/kv_cache.json]
 """
 
 from __future__ import annotations
@@ -95,10 +96,12 @@ def main() -> None:
     parser.add_argument("--generations", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a params override, e.g. rollout.template=search_r1 for a SmolLM2 policy (repeatable)")
     parser.add_argument("--out", default="reports/benchmarks/kv_cache.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    settings = load_settings(args.params)
+    settings = load_settings(args.params, args.overrides)
     if not Path(args.model).exists():
         raise SystemExit(f"{args.model}: no such policy; run `make demo` (or `searchr1 sft`) first, or pass --model")
     model, tok = load_policy(args.model, dtype=settings.policy.dtype)
@@ -122,7 +125,7 @@ def main() -> None:
             reps[arm].append(run)
 
     report = {
-        "model": args.model, "prompts": args.prompts, "generations": args.generations, "repeats": args.repeats,
+        "model": args.model, "overrides": args.overrides, "prompts": args.prompts, "generations": args.generations, "repeats": args.repeats,
         "threads": args.threads, "torch": torch.__version__,
         "identical_samples_every_repeat": all(identical),
         "arms": {arm: {
