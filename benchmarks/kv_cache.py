@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from rollout import spread  # benchmarks/rollout.py (this folder is on sys.path when a script here runs)
 
 from searchr1.config import load_settings
 from searchr1.io import write_json
@@ -83,11 +84,6 @@ def one_rollout(arm: str, model, tok, items, retriever, settings, generations: i
     }
 
 
-def spread(values: list[float], digits: int = 3) -> dict:
-    return {"median": round(statistics.median(values), digits), "min": round(min(values), digits),
-            "max": round(max(values), digits), "all": [round(v, digits) for v in values]}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
@@ -125,13 +121,14 @@ def main() -> None:
             reps[arm].append(run)
 
     report = {
-        "model": args.model, "overrides": args.overrides, "prompts": args.prompts, "generations": args.generations, "repeats": args.repeats,
-        "threads": args.threads, "torch": torch.__version__,
+        "model": args.model, "overrides": args.overrides, "prompts": args.prompts,
+        "generations": args.generations, "repeats": args.repeats, "threads": args.threads, "torch": torch.__version__,
         "identical_samples_every_repeat": all(identical),
         "arms": {arm: {
             "wall_s": spread([r["wall_s"] for r in rs]),
             "generated_tokens_per_s": spread([r["generated_tokens"] / r["wall_s"] for r in rs], 1),
             "decode_steps": [r["decode_steps"] for r in rs],
+            "prefills": [r["prefills"] for r in rs],
             "generated_tokens": [r["generated_tokens"] for r in rs],
             "searches": [r["searches"] for r in rs],
         } for arm, rs in reps.items()},
