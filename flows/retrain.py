@@ -55,7 +55,10 @@ def retrain(drop: str, params: str = "params.yaml", overrides: list[str] | None 
         stage_overrides = [*overrides, f"train.init_from={results['init_from']}"]
         train = t.train if settings.train.launcher == "none" else rt.launched_train
         with served_retrieval(settings) as server:
-            results["train"] = _stage("train", train, params, stage_overrides + server)
+            # This host's server is out of reach of other nodes: there each node's local rank 0 serves its own
+            # (retrieval/process.py node_retriever).
+            train_server = server if settings.train.num_nodes == 1 else []
+            results["train"] = _stage("train", train, params, stage_overrides + train_server)
             results["evaluate"] = _stage("evaluate", t.evaluate, params, stage_overrides + server)
         if settings.tracking.enabled:
             results["promote"] = _stage("promote", t.promote, params, stage_overrides)

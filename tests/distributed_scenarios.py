@@ -69,8 +69,8 @@ def run(name: str, out: Path, resume: bool = False, **train) -> RLTrainer:
         prompts_seen.append(sorted({r["id"] for r in requests}))
         return scripted_rollout(model, requests, step)
 
-    def sync(state):  # a fake rollout engine on this rank: what it received, and when
-        synced.append({k: v.clone() for k, v in state.items()})
+    def sync(buckets):  # a fake rollout engine on this rank: what it received, and when
+        synced.append({k: v.clone() for bucket in buckets for k, v in bucket})
 
     trainer = RLTrainer(settings(out / name, **train), build_tiny_policy(VOCAB, seed=0, hidden_size=32, layers=1),
                         None, rollout, items(), sync_fn=sync)
@@ -91,6 +91,9 @@ SCENARIOS = {
     "zero3": dict(zero_stage=3, logprob_chunk=4),
     # groups with equal rewards are dropped: ranks hold different row counts and pad
     "filtered": dict(zero_stage=2, filter_groups=True),
+    # small batches: 2 prompts x 4 samples, 2 accumulation steps; on steps 2 and 3 rank 0's only group has
+    # equal rewards, so its share is padding only (issue 28's crash)
+    "small": dict(zero_stage=2, filter_groups=True, prompts_per_step=2, num_generations=4, minibatch_size=8, steps=3),
     # two epochs over the step: old log-probs from a separate pass, then a second update
     "two_epochs": dict(zero_stage=2, ppo_epochs=2, steps=2),
     # resume: 4 steps at once vs 2 steps, then a new trainer resuming to 4

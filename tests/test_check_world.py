@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tests.test_pipeline_flow import TINY_WORLD, inside_tiny_project
+from tests.test_pipeline_flow import TINY_WORLD, assert_rl_updated, inside_tiny_project
 
 # As `make check-world` sets them: only the data paths (and the analysis-only question types).
 USER_DATA = [
@@ -24,6 +24,7 @@ def test_pipeline_runs_on_a_style_2_world_given_as_flashrag_files_without_metada
         generate_world(WorldConfig(style=2, seed=1, out_dir="source", **TINY_WORLD))
         results = pipeline(params="params.yaml", overrides=USER_DATA + ["tracking.enabled=false"])
         train_rows = [json.loads(line) for line in (path / "data/qa/train.jsonl").read_text().splitlines()]
+        assert_rl_updated(path)
     assert "world" not in results  # real data needs no generated world
     assert train_rows and all(r["metadata"] == {} for r in train_rows)  # nothing but question and answers
     sft = results["sft"]

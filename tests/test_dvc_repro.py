@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_pipeline_flow import write_tiny_project
+from tests.test_pipeline_flow import assert_rl_updated, write_tiny_project
 
 
 def _run(*cmd: str, cwd: Path) -> str:
@@ -30,6 +30,7 @@ def repo(tmp_path_factory):
 def test_dvc_repro_runs_every_stage_and_reports_metrics(repo):
     for out in ("data/qa/train.parquet", "indexes/bm25", "models/sft", "models/policy", "reports/eval.md"):
         assert (repo / out).exists(), out
+    assert_rl_updated(repo)
     metrics = json.loads(_run("dvc", "metrics", "show", "--json", cwd=repo))
     shown = json.dumps(metrics)
     for key in ('"num_passages"', '"num_questions"', '"final_reward_mean"', '"complete"', '"promoted"'):

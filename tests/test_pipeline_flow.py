@@ -2,12 +2,14 @@
 nests all stage runs under one MLflow parent run."""
 
 import contextlib
+import json
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,19 +22,22 @@ TINY_WORLD = {
     "num_train_questions": 40,
     "num_test_questions": 12,
 }
-# Everything small enough for seconds per stage on a 2-core CPU.
+# Everything small enough for seconds per stage on a 2-core CPU. RL must have something to learn from:
+# a cold start long enough that the tiny policy writes the tags some of the time, and the format reward,
+# give every GRPO step groups whose rewards differ (assert_rl_updated checks it).
 TINY_SETTINGS = {
     "world": TINY_WORLD,
     "retrieval": {"build": ["bm25"]},
     "policy": {"kind": "tiny", "micro_vocab_size": 512},
-    "sft": {"num_examples": 16, "epochs": 1, "batch_size": 8},
-    "rollout": {"max_turns": 1, "max_turn_tokens": 40, "max_obs_tokens": 96},
+    "sft": {"num_examples": 40, "epochs": 20, "lr": 3e-3, "batch_size": 8},
+    "rollout": {"max_turns": 1, "max_turn_tokens": 64, "max_obs_tokens": 128},
+    "reward": {"format_reward": True},
     "train": {
         "algorithm": "grpo",
         "steps": 2,
-        "prompts_per_step": 2,
-        "num_generations": 2,
-        "minibatch_size": 4,
+        "prompts_per_step": 4,
+        "num_generations": 4,
+        "minibatch_size": 8,
         "eval_size": 4,
         "eval_every": 2,
         "save_every": 1,
@@ -40,6 +45,20 @@ TINY_SETTINGS = {
     },
     "evaluation": {"max_examples": 4, "methods": ["direct", "search-r1"], "models": ["sft", "policy"], "bootstrap_samples": 50},
 }
+
+
+def assert_rl_updated(path: Path, rl_dir: str = "models/policy", start_dir: str = "models/sft") -> None:
+    """The train stage made RL updates: it trained on some samples, and the saved policy's weights differ
+    from the ones it started from."""
+    from safetensors.torch import load_file
+
+    history = json.loads((path / "reports/train_history.json").read_text())
+    trained = [(step["samples_trained"], step["reward_mean"]) for step in history]
+    assert history and sum(n for n, _ in trained) > 0, f"(samples trained, mean reward) per step: {trained}"
+    start, end = load_file(path / start_dir / "model.safetensors"), load_file(path / rl_dir / "model.safetensors")
+    shared = start.keys() & end.keys()  # a tied head may be saved under one name or both
+    assert "model.embed_tokens.weight" in shared
+    assert any(not torch.equal(start[k], end[k]) for k in shared)
 
 
 def write_tiny_project(path: Path, tracking_uri: str | None) -> None:
@@ -93,6 +112,7 @@ def test_pipeline_produces_every_stage_output(project):
     for out in outs:
         assert (path / out).exists(), out
     assert results["train"]["steps"] == 2
+    assert_rl_updated(path)
     assert results["evaluate"]["complete"] is True
     assert set(results["evaluate"]["results"]) >= {"sft/direct", "sft/search-r1", "policy/direct", "policy/search-r1"}
     assert results["promote"]["promoted"] == 1  # the first version becomes champion

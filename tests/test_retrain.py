@@ -17,7 +17,7 @@ import yaml
 from searchr1.config import ConfigError, load_settings
 from searchr1.retrain import RetrainError, launch_command
 from searchr1.tracking import path_hash
-from tests.test_pipeline_flow import TINY_WORLD, inside_tiny_project
+from tests.test_pipeline_flow import TINY_WORLD, assert_rl_updated, inside_tiny_project
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -102,6 +102,7 @@ def test_retrain_cycle_on_refreshed_world_serves_changed_fact_and_promotes(proje
     assert results["index"]["docstore"]["count"] == len(v2)
     assert results["init_from"] == "sft"  # no champion and no RL policy yet: train.init_from
     assert results["train"]["steps"] == 2
+    assert_rl_updated(project)
     assert results["evaluate"]["complete"] is True and "champion/search-r1" not in results["evaluate"]["results"]
     assert results["promote"]["promoted"] == 1
 

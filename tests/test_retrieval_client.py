@@ -116,3 +116,32 @@ def test_real_server_subprocess_answers_over_http_with_the_token_never_in_its_ar
     from searchr1.retrieval.base import bearer_token
 
     assert bearer_token(str(tmp_path / "token")) == "from-env"
+
+
+@pytest.mark.slow
+def test_under_two_ranks_one_server_per_node_holds_the_index_and_both_ranks_query_it(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    queries = write_synthetic_corpus(tmp_path / "corpus.jsonl", 100)
+    cfg = RetrievalConfig(index_dir=str(tmp_path / "idx"), method="bm25", build=["bm25"], server={"port": free_port()})
+    build_indexes(cfg, tmp_path / "corpus.jsonl")
+    qs = [q for q, _ in queries[:8]]
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                           "MASTER_PORT", "SEARCHR1_SELF_RANK")}
+    env.update(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(root / "tests" / "node_retriever_scenario.py"), cfg.model_dump_json(), str(tmp_path / "corpus.jsonl"),
+           json.dumps(qs), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["type"] == r1["type"] == "RetrievalClient" and r0["url"] == r1["url"]
+    assert r0["in_process_loads"] == r1["in_process_loads"] == 0  # no rank loaded the index itself
+    assert r0["health"]["searched_queries"] == len(qs)  # one server answered both ranks' queries
+    gold = dict(queries[:8])
+    assert all(top == gold[q] for r in (r0, r1) for q, top in zip(r["queries"], r["top"]))

@@ -147,15 +147,26 @@ def test_final_model_and_tokenizer_reload_with_transformers(tmp_path, zero_stage
         assert not torch.equal(reloaded.lm_head.weight, build_tiny_policy(VOCAB, 0, 32, 1).lm_head.weight)
 
 
-def test_sync_fn_receives_full_weights_each_step_and_a_hang_raises_clear_error(tmp_path):
+def test_sync_fn_receives_full_weights_in_buckets_each_step_and_a_hang_raises_clear_error(tmp_path):
     received = []
-    settings = toy_settings(tmp_path, "grpo", 2, steps=2)
-    trainer = RLTrainer(settings, build_tiny_policy(VOCAB, 0, 32, 1), None, toy_rollout, toy_items(),
-                        sync_fn=lambda state: received.append(state))
+
+    def sync(buckets):
+        sizes = [sum(t.numel() * t.element_size() for _, t in bucket) for bucket in buckets]
+        received.append(sizes)
+
+    settings = toy_settings(tmp_path, "grpo", 2, steps=2, sync_bucket_mb=1)
+    trainer = RLTrainer(settings, build_tiny_policy(VOCAB, 0, 32, 1), None, toy_rollout, toy_items(), sync_fn=sync)
     trainer.train()
-    assert len(received) == 2
-    live = trainer.actor.engine.module.state_dict()
-    assert all(torch.equal(received[-1][k], live[k]) for k in live)
+    assert len(received) == 2 and received[0] == received[1]
+    assert sum(received[0]) == sum(p.numel() * 4 for p in trainer.actor.engine.module.parameters())
+
+    state = {}
+    settings = toy_settings(tmp_path / "small", "grpo", 2, steps=1, sync_bucket_mb=1)
+    trainer = RLTrainer(settings, build_tiny_policy(VOCAB, 0, 32, 1), None, toy_rollout, toy_items(),
+                        sync_fn=lambda buckets: [state.update({k: v.clone() for k, v in b}) for b in buckets])
+    trainer.train()
+    live = dict(trainer.actor.engine.module.named_parameters())
+    assert state.keys() == live.keys() and all(torch.equal(state[k], live[k]) for k in live)
 
     settings = toy_settings(tmp_path / "hang", "grpo", 2, steps=2, sync_timeout_s=0.2)
     trainer = RLTrainer(settings, build_tiny_policy(VOCAB, 0, 32, 1), None, toy_rollout, toy_items(),
@@ -267,3 +278,27 @@ def test_on_policy_step_measures_kl_and_entropy_of_the_sampling_policy(tmp_path)
     assert metrics["entropy"] == pytest.approx(masked_mean(ent, mask).item(), rel=1e-4)
     assert metrics["kl"] == pytest.approx(masked_mean(kl_penalty(logp, ref, "low_var_kl"), mask).item(), rel=1e-3)
     assert metrics["kl"] > 0 and metrics["clip_frac"] == 0.0  # ratio exactly 1 on-policy
+
+
+def test_fewer_informative_rows_than_accumulation_steps_still_updates(tmp_path):
+    """One informative group of 2 rows under 4 accumulation steps: two micro-batches hold padding rows
+    only. They must weigh nothing and not crash (a zero-length response once did: issue 28)."""
+
+    def rollout(model, items, step):  # only the step's first group has a signal
+        samples = toy_rollout(model, items)
+        for i, s in enumerate(samples):
+            s.reward = float(s.group_id == items[0]["id"] and i % 2 == 0)
+        return samples
+
+    settings = toy_settings(
+        tmp_path, "grpo", 2, steps=2, prompts_per_step=2, num_generations=2, minibatch_size=4, filter_groups=True,
+        deepspeed=DeepSpeedConfig(zero_stage=2, gradient_accumulation_steps=4),
+    )
+    model = build_tiny_policy(VOCAB, seed=0, hidden_size=32, layers=1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = RLTrainer(settings, model, None, rollout, toy_items())
+    history = trainer.train()
+    assert [m["samples_trained"] for m in history] == [2.0, 2.0]
+    assert all(m["grad_norm"] > 0 for m in history)
+    with gathered(trainer.actor.engine) as module:
+        assert any(not torch.equal(before[k], v) for k, v in module.state_dict().items())

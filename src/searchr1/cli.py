@@ -78,10 +78,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_ask(settings: Settings, args: argparse.Namespace) -> None:
-    from searchr1.models.loading import load_policy
     from searchr1.retrieval import load_retriever
     from searchr1.rollout.ask import ask, print_sample
-    from searchr1.rollout.engine import HFEngine
+    from searchr1.rollout.engine import load_engine
     from searchr1.stages import policy_dirs
 
     source = args.model or next(
@@ -90,10 +89,11 @@ def _cmd_ask(settings: Settings, args: argparse.Namespace) -> None:
     if source is None:
         raise ConfigError("no trained policy found: run `searchr1 pipeline` first, or pass --model PATH|models:/NAME@ALIAS")
     source = policy_dirs(settings).get(source, source)
-    model, tokenizer = load_policy(source, dtype=settings.policy.dtype)
+    engine, tokenizer = load_engine(settings, source)
     retriever = load_retriever(settings.retrieval, settings.corpus.out_path)
-    log.info("policy: %s, retriever: %s", source, settings.retrieval.server.url or settings.retrieval.method)
-    sample, docs = ask(args.question, HFEngine(model, tokenizer), tokenizer, retriever, settings.rollout, topk=settings.retrieval.topk)
+    log.info("policy: %s (%s engine), retriever: %s", source, settings.rollout.engine,
+             settings.retrieval.server.url or settings.retrieval.method)
+    sample, docs = ask(args.question, engine, tokenizer, retriever, settings.rollout, topk=settings.retrieval.topk)
     print_sample(sample, docs)
 
 

@@ -294,6 +294,10 @@ class TrainConfig(Section):
         0.5, gt=0, le=1, description="Warn when the 5-step mean reward loses this fraction of its best value."
     )
     sync_timeout_s: float = Field(600, gt=0)
+    sync_bucket_mb: int = Field(
+        512, ge=1, description="Weights pushed to an external rollout engine (vLLM) per bucket: under ZeRO-3 one "
+        "bucket is gathered at a time, so this bounds the extra memory of a sync."
+    )
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
     launcher: Literal["none", "deepspeed", "torchrun"] = Field("none", description="Flows run train in-process or under this launcher.")
     num_gpus: int = Field(1, ge=1, description="Processes (GPUs) per node for the launcher.")

@@ -87,9 +87,34 @@ def launch_command(settings: Settings, params: str, overrides: list[str]) -> lis
     raise ConfigError(f"train.launcher={cfg.launcher!r}: nothing to launch (train runs in-process)")
 
 
+# What ranks on other nodes need from this environment. DeepSpeed's multi-node runner forwards only some
+# variables (NCCL_*, PYTHON*, ...) and the lines of .deepspeed_env. Secrets are left out: the runner puts
+# them on remote command lines; give them by file on shared storage (retrieval.server.token_file).
+FORWARDED_PREFIXES = ("HF_", "TRANSFORMERS_", "VLLM_", "MLFLOW_", "SEARCHR1_", "OMP_", "TORCH_EXTENSIONS_DIR")
+SECRETS = ("SEARCHR1_RETRIEVAL_TOKEN", "HF_TOKEN", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD")
+DEEPSPEED_ENV_MARK = "# written by searchr1 (retrain.write_deepspeed_env)"
+
+
+def write_deepspeed_env(path: str | Path = ".deepspeed_env", environ: dict[str, str] | None = None) -> list[str]:
+    """Write ``path`` (DeepSpeed's runner reads it from the working directory) with the forwarded variables
+    of ``environ``; returns their names. A file the user wrote (no searchr1 mark) is kept as it is."""
+    from searchr1.io import atomic_open
+
+    path, environ = Path(path), os.environ if environ is None else environ
+    if path.exists() and not path.read_text().startswith(DEEPSPEED_ENV_MARK):
+        log.warning("%s exists and was not written by searchr1: left as it is", path)
+        return []
+    names = sorted(k for k in environ if k.startswith(FORWARDED_PREFIXES) and k not in SECRETS and "\n" not in environ[k])
+    with atomic_open(path) as f:
+        f.write(DEEPSPEED_ENV_MARK + "\n" + "".join(f"{k}={environ[k]}\n" for k in names))
+    return names
+
+
 def launched_train(settings: Settings, params: str, overrides: list[str]) -> dict:
     """Run ``searchr1 train`` under the configured launcher; its rank 0 writes reports/train.json."""
     cmd = launch_command(settings, params, overrides)
+    if settings.train.launcher == "deepspeed" and settings.train.num_nodes > 1:
+        log.info("train: .deepspeed_env forwards %s to the other nodes", ", ".join(write_deepspeed_env()) or "nothing")
     log.info("train: %s", " ".join(cmd))
     # The child gets the parent pipeline run id through the environment, so its MLflow run nests too.
     proc = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=sys.stdout, stderr=sys.stderr)

@@ -142,7 +142,7 @@ def train(settings: Settings, resume: bool = False) -> dict:
     from searchr1 import distributed as dist
     from searchr1.data.qa import load_qa
     from searchr1.models.loading import load_policy
-    from searchr1.retrieval import load_retriever
+    from searchr1.retrieval.process import node_retriever
     from searchr1.rl.deepspeed_engines import init_distributed
     from searchr1.rl.rollout_worker import RolloutWorker
     from searchr1.rl.trainer import RLTrainer
@@ -157,16 +157,17 @@ def train(settings: Settings, resume: bool = False) -> dict:
     tracking = settings.tracking if main_rank else settings.tracking.model_copy(update={"enabled": False})
     started = time.time()
     params = {"train": cfg.model_dump(), "rollout": settings.rollout.model_dump(), "reward": settings.reward.model_dump()}
-    with stage_run(tracking, "train", params=params, inputs={"init": init}) as run:
-        retriever = load_retriever(settings.retrieval, settings.corpus.out_path)
-        model, tokenizer = load_policy(init, dtype="float32")
+    with (stage_run(tracking, "train", params=params, inputs={"init": init}) as run,
+          node_retriever(settings.retrieval, settings.corpus.out_path) as retriever):  # one index per node
+        model, tokenizer = load_policy(init, dtype="float32")  # fp32 master weights; DeepSpeed casts for bf16
         external = None
         if settings.rollout.engine == "vllm":  # one colocated engine per rank (see rl/rollout_worker.py)
             from searchr1.models.loading import resolve_model_path
+            from searchr1.rl.deepspeed_engines import use_bf16
             from searchr1.rollout.vllm_engine import VLLMEngine
 
-            r = settings.rollout
-            external = VLLMEngine(resolve_model_path(init), r.vllm_tensor_parallel_size, r.vllm_gpu_memory_utilization)
+            dtype = "bfloat16" if use_bf16(cfg.deepspeed) else "float32"  # the dtype the actor trains in
+            external = VLLMEngine.from_settings(settings, resolve_model_path(init), dtype=dtype, world_size=world)
         worker = RolloutWorker(settings, tokenizer, retriever, external)
         held_share = held_out[rank::world]
         trainer = RLTrainer(
@@ -219,9 +220,8 @@ def evaluate(settings: Settings) -> dict:
     from searchr1.evaluation.harness import evaluate_method
     from searchr1.evaluation.metrics import aggregate, breakdown, compare, compare_by, searches_group, type_group
     from searchr1.evaluation.report import bar_plot, breakdown_table, comparison_table, markdown_table
-    from searchr1.models.loading import load_policy
     from searchr1.retrieval import load_retriever
-    from searchr1.rollout.engine import HFEngine
+    from searchr1.rollout.engine import load_engine
     from searchr1.tracking import path_hash
 
     cfg = settings.evaluation
@@ -250,8 +250,7 @@ def evaluate(settings: Settings) -> dict:
                     missing.append(label)
                     log.warning("evaluate: no model for %r (not built yet): skipped", label)
                 continue
-            model, tokenizer = load_policy(source, dtype=settings.policy.dtype)
-            engine = HFEngine(model, tokenizer, max_batch_size=cfg.batch_size)
+            engine, tokenizer = load_engine(settings, source, max_batch_size=cfg.batch_size)
             # Predictions are keyed by the model's content, so a retrained model is never scored from stale rows.
             tag = path_hash(source)[:10] if Path(source).exists() else label
             for method in cfg.methods:

@@ -124,17 +124,29 @@ def fix_tokenizer(tokenizer):
     return tokenizer
 
 
+def load_tokenizer(path_or_id: str):
+    """The policy's tokenizer (left padding, a pad token) from a folder or an HF id."""
+    from transformers import AutoTokenizer
+
+    return fix_tokenizer(_from_pretrained(AutoTokenizer, path_or_id))
+
+
+def default_device() -> torch.device:
+    """This process's accelerator: the GPU the rank was given (rl/deepspeed_engines.init_distributed), else CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
 def load_policy(path_or_id: str, dtype: str = "float32", device: str | torch.device | None = None):
     """Load (model, tokenizer) from a saved folder, an HF id, or an MLflow ``models:/name@alias`` URI.
 
     The model comes back in eval mode on ``device`` (default: where it was loaded, CPU).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r}: expected one of {sorted(DTYPES)}")
     name = resolve_model_path(str(path_or_id))
-    tokenizer = fix_tokenizer(_from_pretrained(AutoTokenizer, name))
+    tokenizer = load_tokenizer(name)
     model = _from_pretrained(AutoModelForCausalLM, name, dtype=DTYPES[dtype])
     if getattr(model, "hf_quantizer", None) is not None:
         raise ValueError(f"{name}: loaded with a quantizer attached; convert it first (see convert_smollm2)")

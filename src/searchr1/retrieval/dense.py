@@ -145,6 +145,14 @@ def check_dense_meta(meta: dict, enc_cfg: EncoderConfig, faiss_cfg: FaissConfig,
             )
 
 
+def _read_flags(cfg: FaissConfig) -> int:
+    """Map the index file instead of reading it where the type allows and the index stays on the CPU: the
+    page cache holds it once for every process of the machine (flat: the vectors; ivfpq: the inverted lists)."""
+    if use_gpu(cfg) and cfg.type != "hnsw":
+        return 0  # copied onto the GPUs anyway
+    return {"flat": faiss.IO_FLAG_MMAP_IFC, "ivfpq": faiss.IO_FLAG_MMAP}.get(cfg.type, 0)
+
+
 def flat_vectors(index: faiss.Index) -> np.ndarray | None:
     """Zero-copy (ntotal, d) view of a CPU ``IndexFlat``'s vectors (valid while ``index`` lives), else None."""
     if not isinstance(index, faiss.IndexFlat) or index.metric_type != faiss.METRIC_INNER_PRODUCT or index.ntotal == 0:
@@ -182,7 +190,7 @@ class DenseRetriever:
         if self.meta["corpus"]["sha256"] != store.meta["corpus"]["sha256"]:
             raise ValueError(f"{self.dir}: dense index and docstore {store.dir} come from different corpora")
         self.store = store
-        self.index = faiss.read_index(str(self.dir / "index.faiss"))
+        self.index = faiss.read_index(str(self.dir / "index.faiss"), _read_flags(faiss_cfg))
         if faiss_cfg.type == "hnsw":
             self.index.hnsw.efSearch = faiss_cfg.hnsw_ef_search
         elif faiss_cfg.type == "ivfpq":

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 
 from searchr1.config import RetrievalConfig
-from searchr1.retrieval.base import RetrievalError
+from searchr1.retrieval.base import RetrievalError, Retriever
 
 
 def free_port() -> int:
@@ -65,3 +65,33 @@ def _wait_healthy(proc: subprocess.Popen, url: str, log, timeout_s: float) -> No
             pass
         time.sleep(0.2)
     raise RetrievalError(f"retrieval server did not answer {url}/health within {timeout_s:.0f}s")
+
+
+@contextlib.contextmanager
+def node_retriever(cfg: RetrievalConfig, corpus_path: str | Path | None = None) -> Iterator[Retriever]:
+    """This rank's retriever for training. One process, or ``retrieval.server.url`` set: ``load_retriever``.
+    Under a launcher (N ranks): local rank 0 of each node starts one retrieval server on
+    ``retrieval.server.port`` and every rank of the node queries it over HTTP, so a node loads the index and
+    the query encoder once, not once per rank (a 21M-passage flat e5 index is 64 GB)."""
+    from searchr1 import distributed as dist
+    from searchr1.retrieval import load_retriever
+
+    if cfg.server.url or dist.world_size() == 1:
+        yield load_retriever(cfg, corpus_path)
+        return
+    serves = int(os.environ.get("LOCAL_RANK", "0")) == 0
+    url = f"http://127.0.0.1:{cfg.server.port}"
+    with contextlib.ExitStack() as stack:
+        error = None
+        if serves:
+            try:
+                stack.enter_context(running_server(cfg, corpus_path))
+            except Exception as exc:  # every rank must hear of it, or the others wait at the barrier forever
+                error = exc
+        if dist.any_rank(error is not None):  # also the barrier: the node's server answers /health
+            raise RetrievalError(f"the node's retrieval server did not start: {error or 'see the serving rank'}")
+        client = cfg.model_copy(update={"server": cfg.server.model_copy(update={"url": url})})
+        try:
+            yield load_retriever(client)
+        finally:
+            dist.barrier()  # every rank of the node is done with it before local rank 0 stops it

@@ -61,7 +61,9 @@ class Batch:
         idx = torch.as_tensor(idx, dtype=torch.long)
         P = self.prompt_len
         p = int(self.attention_mask[idx, :P].sum(1).max()) if len(idx) else 0
-        r = int(self.valid_mask[idx].sum(1).max()) if len(idx) else 0
+        # At least one response column: rows padded in for equal passes over ranks have no valid token,
+        # and a micro-batch of them only must still run its (zero-weight) forward pass.
+        r = max(1, int(self.valid_mask[idx].sum(1).max())) if len(idx) else 0
         rows = {}
         for name, v in self.tensors().items():
             v = v[idx]

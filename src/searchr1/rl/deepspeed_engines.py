@@ -61,6 +61,9 @@ def init_distributed() -> None:
         # (importlib: the attribute deepspeed.comm.torch is the torch package itself, not this module.)
         importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
     backend = "gloo" if get_accelerator().device_name() == "cpu" else get_accelerator().communication_backend_name()
+    # Each rank on its own GPU before anything (vLLM, the retriever's encoder, evaluation) picks "cuda" = GPU 0.
+    if get_accelerator().device_name() != "cpu":
+        get_accelerator().set_device(int(os.environ.get("LOCAL_RANK", "0")))
     deepspeed.init_distributed(dist_backend=backend, verbose=False)
 
 
@@ -130,12 +133,39 @@ def is_zero3(model: nn.Module) -> bool:
 @contextlib.contextmanager
 def gathered(model: nn.Module) -> Iterator[nn.Module]:
     """Yield the underlying module with full parameters (ZeRO-3 gathers its shards), e.g. to generate."""
-    module = model.module if isinstance(model, deepspeed.DeepSpeedEngine) else model
+    module = unwrapped(model)
     if not is_zero3(model):
         yield module
         return
     with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
         yield module
+
+
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The module inside a DeepSpeed engine (under ZeRO-3 its parameters are this rank's shards)."""
+    return model.module if isinstance(model, deepspeed.DeepSpeedEngine) else model
+
+
+def parameter_buckets(model: nn.Module, bucket_bytes: int) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """The full parameters as buckets of (name, tensor) of about ``bucket_bytes`` each, e.g. to load into
+    a rollout engine. Under ZeRO-3 each bucket is gathered alone and released when the next is asked for,
+    so the whole model is never gathered at once (a collective: every rank must take every bucket). The
+    tensors are the parameters themselves, valid until the next bucket: copy what you keep."""
+    params = list(unwrapped(model).named_parameters())
+    zero3 = is_zero3(model)
+    bucket: list[tuple[str, torch.Tensor]] = []
+    size = 0
+    for i, (name, p) in enumerate(params):
+        bucket.append((name, p))
+        size += (p.ds_numel if zero3 else p.numel()) * p.element_size()
+        if size < bucket_bytes and i + 1 < len(params):
+            continue
+        if zero3:
+            with deepspeed.zero.GatheredParameters([t for _, t in bucket], modifier_rank=None):
+                yield [(n, t.detach()) for n, t in bucket]
+        else:
+            yield [(n, t.detach()) for n, t in bucket]
+        bucket, size = [], 0
 
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

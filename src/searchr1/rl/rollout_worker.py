@@ -3,8 +3,8 @@
 Each data-parallel rank has its own worker and engine and rolls out its own share of the step's
 prompts. The HF engine generates with the actor module itself, so it always has the new weights. A
 vLLM engine is colocated on each rank (as TRL's colocate mode and verl's hybrid engine): every rank
-loads the gathered weights into its own engine after each update (``sync``), so no samples or weights
-cross ranks beyond the gather the update already needs.
+loads the new weights into its own engine after each update (``sync``, bucket by bucket), so no samples
+or weights cross ranks beyond ZeRO-3's own gathers; between rollouts the engine sleeps (``rest``).
 """
 
 from __future__ import annotations
@@ -38,10 +38,13 @@ class RolloutWorker:
         The sampling seed comes from the step; each sample's own seed from it and the sample's uid
         (rollout.loop.sample_seed), so a resumed run replays exactly and ranks never share draws."""
         s = self.settings
-        result = run_rollout(
-            self.engine(module), self.tokenizer, requests, self.retriever, s.rollout, s.reward,
-            topk=s.retrieval.topk, seed=s.rollout.seed + 7919 * step,
-        )
+        try:
+            result = run_rollout(
+                self.engine(module), self.tokenizer, requests, self.retriever, s.rollout, s.reward,
+                topk=s.retrieval.topk, seed=s.rollout.seed + 7919 * step,
+            )
+        finally:
+            self.rest()
         for sample, request in zip(result.samples, requests):
             sample.group_id = str(request["id"])
         return result.samples
@@ -51,13 +54,22 @@ class RolloutWorker:
         if not items:
             return {"n": 0.0, "em": 0.0, "searches_per_sample": 0.0}
         s = self.settings
-        result = run_rollout(
-            self.engine(module), self.tokenizer, items, self.retriever, s.rollout, s.reward,
-            topk=s.retrieval.topk, greedy=True,
-        )
+        try:
+            result = run_rollout(
+                self.engine(module), self.tokenizer, items, self.retriever, s.rollout, s.reward,
+                topk=s.retrieval.topk, greedy=True,
+            )
+        finally:
+            self.rest()
         return {"n": float(len(items)), "em": result.stats["em"], "searches_per_sample": result.stats["searches_per_sample"]}
 
-    def sync(self, state) -> None:
-        """Load new weights into the external engine (the HF engine shares the actor's module)."""
+    def rest(self) -> None:
+        """Between rollouts an external engine sleeps (vLLM frees its GPU memory for the update)."""
+        if self.external is not None and hasattr(self.external, "sleep"):
+            self.external.sleep()
+
+    def sync(self, weights) -> None:
+        """Load new weights (a state dict or buckets of (name, tensor)) into the external engine (the HF
+        engine shares the actor's module)."""
         if self.external is not None:
-            self.external.update_weights(state)
+            self.external.update_weights(weights)

@@ -13,6 +13,7 @@ rank on the whole batch; metrics are reduced over ranks.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -68,9 +69,11 @@ class RLTrainer:
 
     ``rollout(module, requests, step)`` gets this rank's prompt items, each repeated
     ``num_generations`` times (adjacent), and returns one ``Sample`` per request, in order, with
-    ``group_id`` = the prompt's id and ``reward`` filled in. ``sync_fn(state_dict)``, if given, pushes
-    new weights to this rank's external rollout engine (e.g. vLLM) after each update; without it
-    rollouts use the actor module itself. ``log_fn(metrics, step)`` receives every step's metrics on
+    ``group_id`` = the prompt's id and ``reward`` filled in. ``sync_fn(buckets)``, if given, pushes
+    new weights to this rank's external rollout engine (e.g. vLLM) after each update and after a resume:
+    ``buckets`` yields lists of (name, full tensor) of about ``train.sync_bucket_mb`` each (under ZeRO-3
+    gathered one bucket at a time). With it the rollout gets the actor module ungathered (the engine
+    generates, not the module); without it rollouts use the actor module itself, gathered. ``log_fn(metrics, step)`` receives every step's metrics on
     rank 0; ``eval_fn(module) -> dict`` runs every ``train.eval_every`` steps on every rank (give each
     rank its share of the held-out set and an ``n`` entry: results are averaged weighted by ``n``).
     """
@@ -124,8 +127,7 @@ class RLTrainer:
         # 1. Rollout: this rank's share of the step's prompts, num_generations trajectories each.
         prompts = shard(self.prompts.next_prompts(), self.rank, self.world_size)
         requests = [item for item in prompts for _ in range(cfg.num_generations)]
-        with ds.gathered(self.actor.engine) as module:
-            module.eval()
+        with self._rollout_module() as module:
             samples = self.rollout(module, requests, self.step)
         if len(samples) != len(requests):
             raise ValueError(f"rollout returned {len(samples)} samples for {len(requests)} requests")
@@ -272,19 +274,32 @@ class RLTrainer:
                 for group in role.engine.optimizer.param_groups:
                     group["lr"] = self._lr(base)
 
+    @contextlib.contextmanager
+    def _rollout_module(self):
+        """The actor module for a rollout or evaluation: gathered whole (ZeRO-3) only when it generates
+        itself; an external engine (``sync_fn``) already holds the weights."""
+        if self.sync_fn is not None:
+            yield ds.unwrapped(self.actor.engine).eval()
+            return
+        with ds.gathered(self.actor.engine) as module:
+            yield module.eval()
+
     def _sync_weights(self) -> None:
         """Push the new weights to every rank's external rollout engine (the HF engine shares the actor
-        module), within ``train.sync_timeout_s``; if any rank fails, every rank raises."""
+        module) in buckets, within ``train.sync_timeout_s``; if any rank fails, every rank raises."""
         if self.sync_fn is None:
             return
-        state = ds.full_state_dict(self.actor.engine)  # collective under ZeRO-3: every rank calls it
+        buckets = ds.parameter_buckets(self.actor.engine, self.cfg.sync_bucket_mb << 20)
         error: list[BaseException] = []
 
         def push() -> None:
             try:
-                self.sync_fn(state)
+                self.sync_fn(buckets)
             except BaseException as exc:  # re-raised in the training thread below
                 error.append(exc)
+            finally:
+                for _ in buckets:  # take the remaining buckets: under ZeRO-3 each is a collective of all ranks
+                    pass
 
         # A daemon thread: a hung engine cannot keep the process alive after we raise.
         thread = threading.Thread(target=push, daemon=True, name="weight-sync")
@@ -302,6 +317,7 @@ class RLTrainer:
         cfg = self.cfg
         if resume and (Path(cfg.out_dir) / "latest.json").exists():
             self.load_checkpoint()
+            self._sync_weights()  # the rollout engine still holds the initial weights
         bar = tqdm(total=cfg.steps, initial=self.step, desc=f"{cfg.algorithm} steps", disable=self.rank != 0)
         while self.step < cfg.steps:
             metrics = self.train_step()
@@ -328,8 +344,7 @@ class RLTrainer:
 
     def _evaluate(self) -> dict[str, float]:
         """``eval_fn`` on every rank's share, averaged weighted by each share's ``n``."""
-        with ds.gathered(self.actor.engine) as module:
-            module.eval()
+        with self._rollout_module() as module:
             result = self.eval_fn(module)
         n = float(result.get("n", 1.0))
         keys = sorted(k for k in result if k != "n")
