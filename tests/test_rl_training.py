@@ -302,3 +302,21 @@ def test_fewer_informative_rows_than_accumulation_steps_still_updates(tmp_path):
     assert all(m["grad_norm"] > 0 for m in history)
     with gathered(trainer.actor.engine) as module:
         assert any(not torch.equal(before[k], v) for k, v in module.state_dict().items())
+
+
+def test_weight_buckets_under_zero3_are_the_full_parameters_gathered_one_bucket_at_a_time(tmp_path):
+    from searchr1.rl import deepspeed_engines as ds
+
+    settings = toy_settings(tmp_path, "grpo", 3, steps=1)
+    trainer = RLTrainer(settings, build_tiny_policy(VOCAB, 0, 32, 1), None, toy_rollout, toy_items())
+    engine = trainer.actor.engine
+    full = ds.full_state_dict(engine)
+    seen = {}
+    for bucket in ds.parameter_buckets(engine, bucket_bytes=8 << 10):
+        # only this bucket is gathered: every parameter outside it is still a partition (empty on 1 rank)
+        names = {n for n, _ in bucket}
+        gathered_elsewhere = [n for n, p in engine.module.named_parameters() if n not in names and p.numel() > 0]
+        assert not gathered_elsewhere
+        seen.update({n: t.clone() for n, t in bucket})
+    assert len(seen) == len(dict(engine.module.named_parameters())) > 2
+    assert all(torch.equal(seen[k], full[k]) for k in seen)

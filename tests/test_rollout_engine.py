@@ -317,3 +317,11 @@ def test_growing_cache_is_not_used_for_sliding_window_models():
     assert growing_cache(Stub(MistralConfig(sliding_window=64, **small))) is None
     assert growing_cache(Stub(Qwen2Config(use_sliding_window=True, sliding_window=64, max_window_layers=0, **small))) is None
     assert growing_cache(Stub(Qwen2Config(use_sliding_window=False, **small))) is not None
+
+
+def test_vllm_tensor_parallel_with_several_training_ranks_is_refused_with_what_to_set():
+    from searchr1.rollout.vllm_engine import VLLMConfigError, VLLMEngine
+
+    for layout in (dict(world_size=4), dict(world_size=1, training=True)):  # refused before vLLM is imported
+        with pytest.raises(VLLMConfigError, match="Set rollout.vllm_tensor_parallel_size=1"):
+            VLLMEngine("unused", tensor_parallel_size=2, **layout)

@@ -167,7 +167,8 @@ def train(settings: Settings, resume: bool = False) -> dict:
             from searchr1.rollout.vllm_engine import VLLMEngine
 
             dtype = "bfloat16" if use_bf16(cfg.deepspeed) else "float32"  # the dtype the actor trains in
-            external = VLLMEngine.from_settings(settings, resolve_model_path(init), dtype=dtype, world_size=world)
+            external = VLLMEngine.from_settings(settings, resolve_model_path(init), dtype=dtype, world_size=world,
+                                                training=True)
         worker = RolloutWorker(settings, tokenizer, retriever, external)
         held_share = held_out[rank::world]
         trainer = RLTrainer(
@@ -261,6 +262,8 @@ def evaluate(settings: Settings) -> dict:
                 )
                 results[f"{label}/{method}"] = aggregate(preds, cfg.bootstrap_samples, settings.seed)
                 scored[f"{label}/{method}"] = preds
+            if hasattr(engine, "close"):  # a vLLM engine holds its memory until closed
+                engine.close()
         pairs = _comparison_pairs(cfg)
         summary = {
             "complete": not missing,

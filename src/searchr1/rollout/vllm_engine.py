@@ -65,14 +65,15 @@ class VLLMEngine:
     def __init__(
         self, model_path: str, *, dtype: str = "auto", max_model_len: int | None = None, seed: int = 0,
         tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.5, world_size: int = 1,
-        sleep_mode: bool | None = None, **llm_kwargs,
+        sleep_mode: bool | None = None, training: bool = False, **llm_kwargs,
     ):
-        if world_size > 1 and tensor_parallel_size > 1:
+        if (training or world_size > 1) and tensor_parallel_size > 1:
             raise VLLMConfigError(
-                f"rollout.vllm_tensor_parallel_size={tensor_parallel_size} with {world_size} training ranks: each "
-                "rank runs its own engine on its own prompts, and the ranks of a tensor-parallel group would have "
-                "to submit the same prompts. Set rollout.vllm_tensor_parallel_size=1 (one engine per GPU; a 7B "
-                "policy fits one 80 GB GPU in bf16) or train on one process per node"
+                f"rollout.vllm_tensor_parallel_size={tensor_parallel_size} for training: each training rank runs "
+                "its own engine on its own prompts (the ranks of a tensor-parallel group would have to submit the "
+                "same prompts), and new weights are loaded into the engine's model in this process (tensor-"
+                "parallel workers run in other processes). Set rollout.vllm_tensor_parallel_size=1: one engine per "
+                "GPU (a 7B policy in bf16 fits one 80 GB GPU, as in the paper's runs). Evaluation may use more"
             )
         if tensor_parallel_size > 1 and not torch.cuda.is_available():
             raise VLLMConfigError(f"rollout.vllm_tensor_parallel_size={tensor_parallel_size} needs GPUs")
@@ -103,7 +104,7 @@ class VLLMEngine:
         self.asleep = False
 
     @classmethod
-    def from_settings(cls, settings, model_path: str, dtype: str, world_size: int = 1) -> VLLMEngine:
+    def from_settings(cls, settings, model_path: str, dtype: str, world_size: int = 1, training: bool = False) -> VLLMEngine:
         """The engine ``settings.rollout`` describes, for a local checkpoint folder: context as long as a
         rollout can grow (its total budget plus one turn's generation), capped at the model's positions."""
         r = settings.rollout
@@ -113,7 +114,7 @@ class VLLMEngine:
             positions = json.loads(config.read_text()).get("max_position_embeddings")
             max_len = min(max_len, positions) if positions else max_len
         return cls(
-            model_path, dtype=dtype, max_model_len=max_len, seed=r.seed, world_size=world_size,
+            model_path, dtype=dtype, max_model_len=max_len, seed=r.seed, world_size=world_size, training=training,
             tensor_parallel_size=r.vllm_tensor_parallel_size, gpu_memory_utilization=r.vllm_gpu_memory_utilization,
         )
 
@@ -147,6 +148,15 @@ class VLLMEngine:
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": pairs, "is_checkpoint_format": True})
         _retie_output_head(self.model)
         self.llm.reset_prefix_cache()
+
+    def close(self) -> None:
+        """Free the engine's memory now (evaluation builds one engine per model, one after another)."""
+        import gc
+
+        self.llm = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def sleep(self) -> None:
         """Free GPU memory (weights offloaded to host RAM, KV cache dropped) while the trainer updates."""
