@@ -50,6 +50,12 @@ def _launched_by_a_launcher() -> bool:
 def init_distributed() -> None:
     """Join the process group; a plain ``python`` process becomes rank 0 of a world of 1."""
     if torch.distributed.is_initialized():
+        # A group made by someone else (vLLM's in-process engine makes a world of 1): DeepSpeed adopts it,
+        # and reads the rank variables from the environment.
+        if "LOCAL_RANK" not in os.environ and torch.distributed.get_world_size() == 1:
+            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        if not deepspeed.comm.is_initialized():
+            deepspeed.init_distributed(dist_backend=torch.distributed.get_backend(), verbose=False)
         return
     if not _launched_by_a_launcher():  # not deepspeed/torchrun: rank 0 of 1 on a free port
         port = str(_free_port())
