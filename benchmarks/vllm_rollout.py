@@ -35,12 +35,12 @@ from searchr1.rollout.loop import run_rollout
 from searchr1.rollout.vllm_engine import VLLMEngine
 
 
-def build_arms(folder: Path, settings) -> tuple[dict, object]:
+def build_arms(folder: Path, settings, names: list[str]) -> tuple[dict, object]:
     model, tok = load_smol_policy(folder)
-    arms = {"hf": HFEngine(model.float(), tok)}
-    arms["vllm"] = VLLMEngine.from_settings(settings, str(folder), dtype="float32")
-    arms["vllm_bf16"] = VLLMEngine.from_settings(settings, str(folder), dtype="bfloat16")
-    return arms, tok
+    arms = {"hf": lambda: HFEngine(model.float(), tok),
+            "vllm": lambda: VLLMEngine.from_settings(settings, str(folder), dtype="float32"),
+            "vllm_bf16": lambda: VLLMEngine.from_settings(settings, str(folder), dtype="bfloat16")}
+    return {name: arms[name]() for name in names}, tok
 
 
 def one_step(engine, tok, items, retriever, settings, seed: int) -> dict:
@@ -59,13 +59,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--generations", type=int, default=4)
+    parser.add_argument("--arms", nargs="+", default=["hf", "vllm", "vllm_bf16"],
+                        help="e.g. --arms hf: the HF engine in a process without vLLM (vLLM binds this "
+                        "process's OpenMP threads to cores)")
     parser.add_argument("--out", default="reports/benchmarks/vllm_rollout.json")
     args = parser.parse_args()
 
     settings = load_settings("params.yaml", profile_overrides("smol"))
     retriever = load_retriever(settings.retrieval, settings.corpus.out_path)
     questions = load_qa(Path(settings.qa.out_dir) / "train.jsonl")
-    arms, tok = build_arms(Path(args.model), settings)
+    arms, tok = build_arms(Path(args.model), settings, args.arms)
     runs: dict[str, list[dict]] = {name: [] for name in arms}
     rng = random.Random(0)
     names = list(arms)
@@ -77,7 +80,7 @@ def main() -> None:
             run = one_step(arms[name], tok, items, retriever, settings, seed=1000 + repeat)
             if repeat:
                 runs[name].append(run)
-            print(f"repeat {repeat} {name}: {run['seconds']:.1f} s, {run['tokens_per_s']:.1f} generated tokens/s")
+            print(f"repeat {repeat} {name}: {run['seconds']:.1f} s, {run['tokens_per_s']:.1f} generated tokens/s", flush=True)
 
     result = {
         "workload": {"prompts": args.prompts, "generations": args.generations, "repeats": args.repeats,
@@ -88,9 +91,10 @@ def main() -> None:
                         "searches_per_sample": round(statistics.mean(r["searches"] for r in rs), 3)}
                  for name, rs in runs.items()},
     }
-    hf = result["arms"]["hf"]["generated_tokens_per_s"]["median"]
-    for name in ("vllm", "vllm_bf16"):
-        result["arms"][name]["speedup_vs_hf"] = round(result["arms"][name]["generated_tokens_per_s"]["median"] / hf, 2)
+    if "hf" in result["arms"]:
+        hf = result["arms"]["hf"]["generated_tokens_per_s"]["median"]
+        for name in set(result["arms"]) - {"hf"}:
+            result["arms"][name]["speedup_vs_hf"] = round(result["arms"][name]["generated_tokens_per_s"]["median"] / hf, 2)
     write_json(args.out, result)
     print(json.dumps(result, indent=1))
     print("\n| arm | s / rollout step (median) | generated tokens/s (median) | vs hf |")

@@ -89,6 +89,11 @@ class VLLMEngine:
             # vLLM would otherwise cut this process's torch threads to 1: the update shares the process.
             os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
             log.info("vLLM on CPU: sleep mode is a GPU feature; weights and KV cache stay resident")
+            # A prefill split over scheduler steps discards its sampled token and rewinds the request's seeded
+            # generator, which CPU generators cannot do (vLLM 0.32: "CPU Generator does not use offset"):
+            # prefills are never split on CPU.
+            llm_kwargs.setdefault("enable_chunked_prefill", False)
+            llm_kwargs.setdefault("max_num_batched_tokens", max(max_model_len or 0, 8192))
         if world_size > 1:
             llm_kwargs.setdefault("distributed_executor_backend", "external_launcher")
         from vllm import LLM
