@@ -155,7 +155,9 @@ class VLLMEngine:
         self.llm.reset_prefix_cache()
 
     def close(self) -> None:
-        """Free the engine's memory now (evaluation builds one engine per model, one after another)."""
+        """Free the engine's memory now. vLLM's parallel state is process-wide and its teardown takes it
+        from every engine of the process: keep one engine alive at a time (evaluation builds one per model,
+        closing each before the next)."""
         import gc
 
         self.llm = None
