@@ -1,5 +1,6 @@
 """`--profile smol`: SmolLM2-135M-Instruct (the real pretrained policy) through every stage, shrunk to one step."""
 
+import importlib.util
 import json
 
 import pytest
@@ -14,6 +15,8 @@ SHRINK = [
     "train.deepspeed.gradient_accumulation_steps=2", "train.eval_every=1", "train.eval_size=2",
     "evaluation.max_examples=2", "evaluation.methods=[search-r1]", "evaluation.models=[sft, policy]",
     "tracking.enabled=false",
+    # the profile rolls out with vLLM; where it is not installed (`make install` without install-vllm), with ours
+    *([] if importlib.util.find_spec("vllm") else ["rollout.engine=hf"]),
 ]
 
 

@@ -123,3 +123,27 @@ def test_two_ranks_each_with_a_vllm_engine_roll_out_disjoint_prompts_and_hold_th
     for step in range(3):
         a, b = ranks[0]["whole"]["prompts"][step], ranks[1]["whole"]["prompts"][step]
         assert a and b and set(a).isdisjoint(b)
+
+
+def test_a_trainer_after_a_vllm_engines_teardown_in_the_same_process_still_trains(checkpoint, tmp_path):
+    # Last in this file: tearing an engine down takes vLLM's process-wide state from every engine. Its teardown
+    # also destroys the default process group, which DeepSpeed had cached (the pipeline trains, then evaluates
+    # with vLLM; a scheduled retrain trains again in the same process).
+    import gc
+
+    from test_rl_training import VOCAB, toy_items, toy_rollout, toy_settings
+
+    from searchr1.models.tiny import build_tiny_policy
+    from searchr1.rl.trainer import RLTrainer
+
+    def train(out):
+        trainer = RLTrainer(toy_settings(out, "grpo", 2, steps=1), build_tiny_policy(VOCAB, 0, 32, 1), None,
+                            toy_rollout, toy_items())
+        return trainer.train()
+
+    assert train(tmp_path / "before")[0]["samples_trained"] > 0
+    engine = VLLMEngine(str(checkpoint), dtype="float32", max_model_len=256)
+    engine.close()
+    del engine
+    gc.collect()
+    assert train(tmp_path / "after")[0]["samples_trained"] > 0

