@@ -73,8 +73,8 @@ class RLTrainer:
     new weights to this rank's external rollout engine (e.g. vLLM) after each update and after a resume:
     ``buckets`` yields lists of (name, full tensor) of about ``train.sync_bucket_mb`` each (under ZeRO-3
     gathered one bucket at a time). With it the rollout gets the actor module ungathered (the engine
-    generates, not the module); without it rollouts use the actor module itself, gathered. ``log_fn(metrics, step)`` receives every step's metrics on
-    rank 0; ``eval_fn(module) -> dict`` runs every ``train.eval_every`` steps on every rank (give each
+    generates, not the module); without it rollouts use the actor module itself, gathered.
+    ``log_fn(metrics, step)`` receives every step's metrics on rank 0; ``eval_fn(module) -> dict`` runs every ``train.eval_every`` steps on every rank (give each
     rank its share of the held-out set and an ``n`` entry: results are averaged weighted by ``n``).
     """
 
