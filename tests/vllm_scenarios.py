@@ -37,8 +37,9 @@ def save_tiny_llama(path: Path, tokenizer, seed: int) -> None:
 
 
 def probe_prompts(tokenizer) -> list[list[int]]:
-    texts = ["Who founded Quilltown, the capital of Zorbland?", "Hi", "Where is Ostara"]
-    return [tokenizer.encode(t, add_special_tokens=False) for t in texts]
+    from test_rollout_engine import prompts  # the HF engine tests' rows of different lengths
+
+    return prompts(tokenizer)
 
 
 def probe(engine, tokenizer) -> list[list[int]]:
