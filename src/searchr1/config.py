@@ -152,7 +152,10 @@ class PolicyConfig(Section):
 
     kind: Literal["micro", "smol", "hf", "tiny"] = "micro"
     name_or_path: str | None = Field(None, description="HF id or local path when kind=hf")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Compute dtype. auto: bfloat16 for a pretrained policy (smol, hf) where the device has fast "
+        "bf16 (a CUDA GPU, a CPU with AVX-512 BF16 or AMX), else float32 (models/precision.py); training keeps "
+        "float32 master weights either way.")
     micro_hidden_size: int = Field(256, ge=8)
     micro_layers: int = Field(4, ge=1)
     micro_heads: int = Field(4, ge=1)
@@ -230,7 +233,9 @@ class DeepSpeedConfig(Section):
     zero_stage: Literal[0, 1, 2, 3] = 2
     offload_optimizer: bool = False
     offload_param: bool = False
-    bf16: bool | Literal["auto"] = "auto"
+    bf16: bool | Literal["auto"] = Field(
+        "auto", description="DeepSpeed's bf16 mode (bf16 weights, fp32 master copy). auto: on a GPU when policy.dtype "
+        "resolves to bfloat16; a CPU computes in bf16 under torch.autocast over fp32 weights instead.")
     gradient_checkpointing: bool = False
     gradient_accumulation_steps: int = Field(1, ge=1)
     max_grad_norm: float = Field(1.0, gt=0)

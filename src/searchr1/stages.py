@@ -159,14 +159,14 @@ def train(settings: Settings, resume: bool = False) -> dict:
     params = {"train": cfg.model_dump(), "rollout": settings.rollout.model_dump(), "reward": settings.reward.model_dump()}
     with (stage_run(tracking, "train", params=params, inputs={"init": init}) as run,
           node_retriever(settings.retrieval, settings.corpus.out_path) as retriever):  # one index per node
-        model, tokenizer = load_policy(init, dtype="float32")  # fp32 master weights; DeepSpeed casts for bf16
+        model, tokenizer = load_policy(init, dtype="float32")  # fp32 master weights (models/precision.py)
         external = None
         if settings.rollout.engine == "vllm":  # one colocated engine per rank (see rl/rollout_worker.py)
-            from searchr1.models.loading import resolve_model_path
-            from searchr1.rl.deepspeed_engines import use_bf16
+            from searchr1.models.loading import default_device, resolve_model_path
+            from searchr1.models.precision import resolve_dtype
             from searchr1.rollout.vllm_engine import VLLMEngine
 
-            dtype = "bfloat16" if use_bf16(cfg.deepspeed) else "float32"  # the dtype the actor trains in
+            dtype = resolve_dtype(settings.policy, default_device())  # the dtype the actor computes in
             external = VLLMEngine.from_settings(settings, resolve_model_path(init), dtype=dtype, world_size=world,
                                                 training=True)
         worker = RolloutWorker(settings, tokenizer, retriever, external)

@@ -13,6 +13,7 @@ import torch
 import searchr1.models.copy_llama  # noqa: F401  (registers the micro architecture with AutoModelForCausalLM)
 from searchr1.io import atomic_path, write_json
 from searchr1.models.micro import build_micro_policy, count_params, train_micro_tokenizer
+from searchr1.models.precision import resolve_dtype
 from searchr1.models.smollm2 import GGUF_FILE, convert_smollm2
 from searchr1.models.tiny import build_tiny_policy
 
@@ -56,7 +57,7 @@ def prepare_base_policy(
         elif cfg.kind == "hf":
             if not cfg.name_or_path:
                 raise ValueError("policy.kind=hf needs policy.name_or_path (an HF id or a local folder)")
-            model, tokenizer = load_policy(cfg.name_or_path, dtype=cfg.dtype)
+            model, tokenizer = load_policy(cfg.name_or_path, dtype=resolve_dtype(cfg))
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             source = cfg.name_or_path

@@ -2,7 +2,8 @@
 
 It scores samples under its current weights and takes clipped policy-gradient steps with the KL loss
 and the entropy bonus, all over the tokens the policy generated (``loss_mask``: retrieved tokens are
-context, never targets).
+context, never targets). Forward passes compute in ``compute_dtype`` (bf16 autocast on a CPU over the fp32
+weights, models/precision.py); backward runs outside autocast, log-probs and losses in float32.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from torch import nn
 
 from searchr1.config import TrainConfig
 from searchr1.distributed import world_size
+from searchr1.models.precision import compute_autocast
 from searchr1.rl.batch import Batch
 from searchr1.rl.core import Aggregation, clipped_policy_loss, kl_penalty
 from searchr1.rl.logprobs import forward_logprobs, logprobs_of
@@ -19,16 +21,20 @@ from searchr1.rl.logprobs import forward_logprobs, logprobs_of
 
 class Actor:
     def __init__(self, engine: nn.Module, cfg: TrainConfig, temperature: float, micro_batch_size: int,
-                 use_kl_loss: bool):
+                 use_kl_loss: bool, compute_dtype: str = "float32"):
         self.engine, self.cfg, self.temperature = engine, cfg, temperature
-        self.micro_batch_size, self.use_kl_loss = micro_batch_size, use_kl_loss
+        self.micro_batch_size, self.use_kl_loss, self.compute_dtype = micro_batch_size, use_kl_loss, compute_dtype
+
+    def _autocast(self):
+        return compute_autocast(self.compute_dtype, next(self.engine.parameters()).device)
 
     def logprobs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(log-probs, entropy) of the response tokens under the current weights, no gradients."""
         self.engine.eval()
-        return logprobs_of(
-            self.engine, batch, self.micro_batch_size, self.temperature, chunk_size=self.cfg.logprob_chunk
-        )
+        with self._autocast():
+            return logprobs_of(
+                self.engine, batch, self.micro_batch_size, self.temperature, chunk_size=self.cfg.logprob_chunk
+            )
 
     def update(self, minibatch: Batch) -> dict[str, float]:
         """One optimizer step over ``minibatch`` (this rank's share), in ``gas`` length-sorted micro-batches.
@@ -47,10 +53,11 @@ class Actor:
             mask = mb.loss_mask
             # One epoch of one minibatch is on-policy: the sampling policy's log-probs are this pass's own.
             on_policy = mb.old_logp is None
-            logp, entropy = forward_logprobs(
-                self.engine, mb, self.temperature, with_entropy=cfg.entropy_coef > 0 or on_policy,
-                entropy_grad=cfg.entropy_coef > 0, chunk_size=cfg.logprob_chunk,
-            )
+            with self._autocast():
+                logp, entropy = forward_logprobs(
+                    self.engine, mb, self.temperature, with_entropy=cfg.entropy_coef > 0 or on_policy,
+                    entropy_grad=cfg.entropy_coef > 0, chunk_size=cfg.logprob_chunk,
+                )
             old_logp = logp.detach() if on_policy else mb.old_logp
             pg_loss, clip_frac, approx_kl = clipped_policy_loss(
                 logp, old_logp, mb.advantages, mask, cfg.clip_range, agg

@@ -10,6 +10,7 @@ from torch import nn
 from searchr1.config import TrainConfig
 from searchr1.distributed import world_size
 from searchr1.models.loading import enable_checkpointing
+from searchr1.models.precision import compute_autocast
 from searchr1.rl.batch import Batch
 from searchr1.rl.core import Aggregation, value_loss
 from searchr1.rl.logprobs import hidden_or_logits, values_of
@@ -30,7 +31,8 @@ class ValueModel(nn.Module):
         h = self.backbone(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=use_cache
         ).last_hidden_state
-        return self.value_head(h).squeeze(-1).float()
+        with torch.autocast(h.device.type, enabled=False):  # values in float32, whatever the backbone's precision
+            return self.value_head(h.to(self.value_head.weight.dtype)).squeeze(-1).float()
 
     def activation_checkpointing_enable(self) -> None:
         enable_checkpointing(self.backbone)
@@ -45,8 +47,11 @@ def build_value_model(policy: nn.Module) -> ValueModel:
 class Critic:
     """Scores positions with the value model and fits it to the returns (clipped value loss)."""
 
-    def __init__(self, engine: nn.Module, cfg: TrainConfig, micro_batch_size: int):
-        self.engine, self.cfg, self.micro_batch_size = engine, cfg, micro_batch_size
+    def __init__(self, engine: nn.Module, cfg: TrainConfig, micro_batch_size: int, compute_dtype: str = "float32"):
+        self.engine, self.cfg, self.micro_batch_size, self.compute_dtype = engine, cfg, micro_batch_size, compute_dtype
+
+    def _autocast(self):
+        return compute_autocast(self.compute_dtype, next(self.engine.parameters()).device)
 
     def mask(self, batch: Batch) -> torch.Tensor:
         """Positions the value loss and GAE count: generated tokens only when ``train.mask_critic``."""
@@ -54,7 +59,8 @@ class Critic:
 
     def values(self, batch: Batch) -> torch.Tensor:
         self.engine.eval()
-        return values_of(self.engine, batch, self.micro_batch_size)
+        with self._autocast():
+            return values_of(self.engine, batch, self.micro_batch_size)
 
     def update(self, minibatch: Batch) -> dict[str, float]:
         """One optimizer step over the minibatch in ``gas`` micro-batches (see ``Actor.update``)."""
@@ -63,7 +69,8 @@ class Critic:
         stats = {"value_loss": 0.0, "value_clip_frac": 0.0}
         self.engine.train()
         for mb in minibatch.split(gas):
-            values = hidden_or_logits(self.engine, mb)
+            with self._autocast():
+                values = hidden_or_logits(self.engine, mb)
             loss, clip_frac = value_loss(
                 values, mb.old_values, mb.returns, self.mask(mb), self.cfg.clip_range_value, agg
             )

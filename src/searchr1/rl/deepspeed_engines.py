@@ -94,14 +94,17 @@ def device() -> torch.device:
     return torch.device(get_accelerator().current_device_name())
 
 
-def use_bf16(cfg: DeepSpeedConfig) -> bool:
-    """``bf16: auto`` means bf16 only on a CUDA device that supports it."""
+def use_bf16(cfg: DeepSpeedConfig, compute_dtype: str = "float32") -> bool:
+    """Whether DeepSpeed's bf16 mode is on. ``bf16: auto``: on a CUDA device, when the policy computes in
+    bfloat16 (``compute_dtype``, policy.dtype resolved). A CPU computing in bf16 keeps DeepSpeed in fp32 and
+    runs its forward passes under autocast instead (models/precision.py): the same speed here, and the
+    weights the rollout engine and checkpoints read stay float32."""
     if cfg.bf16 == "auto":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return compute_dtype == "bfloat16" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     return bool(cfg.bf16)
 
 
-def ds_config(cfg: DeepSpeedConfig, micro_batch_size: int, train: bool = True) -> dict:
+def ds_config(cfg: DeepSpeedConfig, micro_batch_size: int, train: bool = True, compute_dtype: str = "float32") -> dict:
     """The DeepSpeed JSON config for one engine (``train=False``: frozen reference model)."""
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     stage = cfg.zero_stage if train else (3 if cfg.zero_stage == 3 else 0)
@@ -116,7 +119,7 @@ def ds_config(cfg: DeepSpeedConfig, micro_batch_size: int, train: bool = True) -
         "train_batch_size": micro_batch_size * (cfg.gradient_accumulation_steps if train else 1) * world,
         "gradient_clipping": cfg.max_grad_norm,
         "zero_optimization": zero,
-        "bf16": {"enabled": use_bf16(cfg)},
+        "bf16": {"enabled": use_bf16(cfg, compute_dtype)},
         # We pass a torch AdamW: DeepSpeed's fused Adam would JIT-compile for minutes on first use.
         "zero_allow_untested_optimizer": True,
         "zero_force_ds_cpu_optimizer": False,
@@ -126,7 +129,8 @@ def ds_config(cfg: DeepSpeedConfig, micro_batch_size: int, train: bool = True) -
 
 
 def setup_engine(
-    model: nn.Module, cfg: DeepSpeedConfig, lr: float, micro_batch_size: int, weight_decay: float = 0.01
+    model: nn.Module, cfg: DeepSpeedConfig, lr: float, micro_batch_size: int, weight_decay: float = 0.01,
+    compute_dtype: str = "float32",
 ) -> deepspeed.DeepSpeedEngine:
     """A trainable engine (actor or critic) with a torch AdamW; the lr is set by the trainer each step."""
     init_distributed()
@@ -134,19 +138,22 @@ def setup_engine(
         enable_checkpointing(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config(cfg, micro_batch_size))
+    config = ds_config(cfg, micro_batch_size, compute_dtype=compute_dtype)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
     return engine
 
 
-def setup_reference(model: nn.Module, cfg: DeepSpeedConfig) -> nn.Module:
-    """A frozen reference model: a ZeRO-3 inference engine under stage 3, else a plain module."""
+def setup_reference(model: nn.Module, cfg: DeepSpeedConfig, compute_dtype: str = "float32") -> nn.Module:
+    """A frozen reference model: a ZeRO-3 inference engine under stage 3, else a plain module, held in
+    bf16 when the policy computes in bf16 (it only scores: no master weights needed)."""
     init_distributed()
     model.requires_grad_(False).eval()
     if cfg.zero_stage == 3:
-        engine, *_ = deepspeed.initialize(model=model, config=ds_config(cfg, 1, train=False))
+        engine, *_ = deepspeed.initialize(model=model, config=ds_config(cfg, 1, train=False, compute_dtype=compute_dtype))
         engine.eval()
         return engine
-    return model.to(device=device(), dtype=torch.bfloat16 if use_bf16(cfg) else None)
+    bf16 = use_bf16(cfg, compute_dtype) or compute_dtype == "bfloat16"
+    return model.to(device=device(), dtype=torch.bfloat16 if bf16 else None)
 
 
 def is_zero3(model: nn.Module) -> bool:

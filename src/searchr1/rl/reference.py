@@ -5,17 +5,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from searchr1.models.precision import compute_autocast
 from searchr1.rl.batch import Batch
 from searchr1.rl.logprobs import logprobs_of
 
 
 class Reference:
-    def __init__(self, model: nn.Module, temperature: float, micro_batch_size: int, chunk_size: int = 0):
+    def __init__(self, model: nn.Module, temperature: float, micro_batch_size: int, chunk_size: int = 0,
+                 compute_dtype: str = "float32"):
         self.model, self.temperature = model, temperature
-        self.micro_batch_size, self.chunk_size = micro_batch_size, chunk_size
+        self.micro_batch_size, self.chunk_size, self.compute_dtype = micro_batch_size, chunk_size, compute_dtype
 
     def logprobs(self, batch: Batch) -> torch.Tensor:
-        logp, _ = logprobs_of(
-            self.model, batch, self.micro_batch_size, self.temperature, with_entropy=False, chunk_size=self.chunk_size
-        )
+        with compute_autocast(self.compute_dtype, next(self.model.parameters()).device):
+            logp, _ = logprobs_of(
+                self.model, batch, self.micro_batch_size, self.temperature, with_entropy=False,
+                chunk_size=self.chunk_size,
+            )
         return logp

@@ -33,6 +33,7 @@ from searchr1 import distributed as dist
 from searchr1.config import Settings
 from searchr1.errors import SearchR1Error
 from searchr1.io import atomic_path, read_json, write_json
+from searchr1.models.precision import resolve_dtype
 from searchr1.rl import deepspeed_engines as ds
 from searchr1.rl.actor import Actor
 from searchr1.rl.batch import Batch, collate
@@ -98,22 +99,27 @@ class RLTrainer:
         self.prompts = PromptSampler(items, cfg.prompts_per_step, cfg.seed)
 
         _seed_everything(cfg.seed)
+        self.device = ds.device()
+        # bf16 where the device has it (models/precision.py): DeepSpeed's bf16 mode on a GPU, autocast on a CPU
+        dtype = self.compute_dtype = resolve_dtype(settings.policy, self.device)
         # Copies are taken before DeepSpeed wraps (and under ZeRO-3 partitions) the actor.
         ref = copy.deepcopy(model) if cfg.kl_coef > 0 else None
         value_model = build_value_model(model) if cfg.algorithm == "ppo" else None
         self.actor = Actor(
-            ds.setup_engine(model, cfg.deepspeed, cfg.lr, self.micro_batch_size), cfg, self.temperature,
-            self.micro_batch_size, use_kl_loss=cfg.kl_coef > 0 and not cfg.kl_in_reward,
+            ds.setup_engine(model, cfg.deepspeed, cfg.lr, self.micro_batch_size, compute_dtype=dtype), cfg,
+            self.temperature, self.micro_batch_size, use_kl_loss=cfg.kl_coef > 0 and not cfg.kl_in_reward,
+            compute_dtype=dtype,
         )
         self.reference = (
-            Reference(ds.setup_reference(ref, cfg.deepspeed), self.temperature, self.micro_batch_size, cfg.logprob_chunk)
+            Reference(ds.setup_reference(ref, cfg.deepspeed, dtype), self.temperature, self.micro_batch_size,
+                      cfg.logprob_chunk, compute_dtype=dtype)
             if ref is not None else None
         )
         self.critic = (
-            Critic(ds.setup_engine(value_model, cfg.deepspeed, cfg.critic_lr, self.micro_batch_size), cfg, self.micro_batch_size)
+            Critic(ds.setup_engine(value_model, cfg.deepspeed, cfg.critic_lr, self.micro_batch_size, compute_dtype=dtype),
+                   cfg, self.micro_batch_size, compute_dtype=dtype)
             if value_model is not None else None
         )
-        self.device = ds.device()
         self.guard = CollapseGuard(cfg.collapse_min_entropy, cfg.collapse_max_kl, cfg.collapse_reward_drop)
         self.step = 0
         self.history: list[dict[str, float]] = []

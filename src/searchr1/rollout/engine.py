@@ -278,13 +278,15 @@ class HFEngine:
 
 def load_engine(settings, source: str, max_batch_size: int | None = None) -> tuple[GenerationEngine, object]:
     """(engine, tokenizer) for a saved policy (folder, HF id or ``models:/`` URI): the engine
-    ``rollout.engine`` names, on this process's device, in ``policy.dtype``."""
+    ``rollout.engine`` names, on this process's device, in ``policy.dtype`` (``auto`` resolved)."""
     from searchr1.models.loading import default_device, load_policy, load_tokenizer, resolve_model_path
+    from searchr1.models.precision import resolve_dtype
 
+    dtype = resolve_dtype(settings.policy, default_device())
     if settings.rollout.engine == "vllm":
         from searchr1.rollout.vllm_engine import VLLMEngine
 
         path = resolve_model_path(str(source))
-        return VLLMEngine.from_settings(settings, path, dtype=settings.policy.dtype), load_tokenizer(path)
-    model, tokenizer = load_policy(source, dtype=settings.policy.dtype, device=default_device())
+        return VLLMEngine.from_settings(settings, path, dtype=dtype), load_tokenizer(path)
+    model, tokenizer = load_policy(source, dtype=dtype, device=default_device())
     return HFEngine(model, tokenizer, max_batch_size=max_batch_size), tokenizer

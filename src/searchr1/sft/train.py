@@ -17,6 +17,7 @@ from tqdm import tqdm
 from searchr1.io import DataError, atomic_path, iter_jsonl, read_json, write_json, write_jsonl
 from searchr1.models.heads import logits_at
 from searchr1.models.loading import POLICY_FILE, load_policy
+from searchr1.models.precision import compute_autocast, resolve_dtype
 from searchr1.prompts import encode_prompt, format_passages
 from searchr1.retrieval.base import Retriever
 from searchr1.rollout.loop import fit_docs, fit_passages
@@ -84,13 +85,18 @@ def micro_batches(batch: dict[str, torch.Tensor], size: int | None):
         yield {k: v[:, :width] for k, v in part.items()}
 
 
-def batch_loss_backward(model, batch: dict[str, torch.Tensor], micro_batch_size: int | None) -> float:
+def batch_loss_backward(model, batch: dict[str, torch.Tensor], micro_batch_size: int | None,
+                        compute_dtype: str = "float32") -> float:
     """Backward of the batch's token-mean loss, accumulated over micro-batches (the same gradient as
-    one pass; peak memory of one micro-batch: its logits are trainable targets x vocab floats)."""
+    one pass; peak memory of one micro-batch: its logits are trainable targets x vocab floats). The
+    forward computes in ``compute_dtype`` (bf16 autocast on a CPU over the fp32 weights); the backward
+    runs outside autocast and the cross-entropy in float32."""
     num_targets = batch["loss_mask"][:, 1:].sum()
+    device = batch["input_ids"].device
     total = 0.0
     for part in micro_batches(batch, micro_batch_size):
-        loss = trainable_token_loss(model, part, num_targets)
+        with compute_autocast(compute_dtype, device):
+            loss = trainable_token_loss(model, part, num_targets)
         loss.backward()
         total += loss.item()
         del loss
@@ -141,9 +147,11 @@ def _length_grouped_batches(lengths: list[int], batch_size: int, gen: torch.Gene
 
 
 def train_on_examples(
-    model, tokenizer, tokenized: list[tuple[list[int], list[int]]], cfg, seed: int, log_fn: LogFn | None = None
+    model, tokenizer, tokenized: list[tuple[list[int], list[int]]], cfg, seed: int, log_fn: LogFn | None = None,
+    compute_dtype: str = "float32",
 ) -> dict:
-    """Train ``model`` in place on tokenised examples (``cfg`` is SFTConfig); returns metrics."""
+    """Train ``model`` in place on tokenised examples (``cfg`` is SFTConfig); returns metrics. The model's
+    fp32 weights are the master weights; ``compute_dtype`` bfloat16 runs the forward in bf16 (see above)."""
     device = next(model.parameters()).device
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -167,7 +175,7 @@ def train_on_examples(
             batch = collate([tokenized[i] for i in indices], tokenizer.pad_token_id)
             batch = {k: v.to(device) for k, v in batch.items()}
             opt.zero_grad(set_to_none=True)
-            loss = batch_loss_backward(model, batch, cfg.micro_batch_size)
+            loss = batch_loss_backward(model, batch, cfg.micro_batch_size, compute_dtype)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm).item()
             opt.step()
             sched.step()
@@ -264,7 +272,9 @@ def run_sft(
         raise DataError(f"{qa_train_path}: no usable SFT example from sft.source={cfg.source}{why}")
 
     model.config.use_cache = False
-    metrics = train_on_examples(model, tokenizer, tokenized, cfg, settings.seed, log_fn)
+    compute_dtype = resolve_dtype(settings.policy, device)
+    log.info("cold start computes in %s (policy.dtype=%s)", compute_dtype, settings.policy.dtype)
+    metrics = train_on_examples(model, tokenizer, tokenized, cfg, settings.seed, log_fn, compute_dtype)
     model.config.use_cache = True
     metrics.update(
         questions=len(rows),
