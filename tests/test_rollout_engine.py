@@ -325,3 +325,35 @@ def test_vllm_tensor_parallel_with_several_training_ranks_is_refused_with_what_t
     for layout in (dict(world_size=4), dict(world_size=1, training=True)):  # refused before vLLM is imported
         with pytest.raises(VLLMConfigError, match="Set rollout.vllm_tensor_parallel_size=1"):
             VLLMEngine("unused", tensor_parallel_size=2, **layout)
+
+
+@pytest.mark.parametrize("kind", ["llama", "copy_head"])
+@pytest.mark.parametrize("in_place_cache", [True, False])
+def test_rows_with_the_same_prompt_share_one_prefill_and_sample_as_if_alone(smol, kind, in_place_cache):
+    """A GRPO group's samples (the same prompt, their own seeds) are prefilled once: the first forward
+    pass sees each distinct prompt once, and every row's tokens and log-probs equal those of a run where
+    each row pays its own prefill, rows leaving the batch included."""
+    model = build_tiny_policy(len(smol), seed=0) if kind == "llama" else _copy_head_model(len(smol))
+    a, b, c = prompts(smol)
+    ps = [a, a, a, b, b, c, a]  # three groups, one sample of the first apart from the others
+    seeds, sampling = [11, 12, 13, 14, 15, 16, 17], SamplingSettings(temperature=1.0)
+    prefill_rows = []
+    real_forward = model.forward
+
+    def counting_forward(*args, **kwargs):
+        if kwargs["input_ids"].shape[1] > 1:  # a prefill (decoding steps feed one token per row)
+            prefill_rows.append(kwargs["input_ids"].shape[0])
+        return real_forward(*args, **kwargs)
+
+    model.forward = counting_forward
+    own = HFEngine(model, smol, in_place_cache=in_place_cache, share_prefill=False)
+    alone = own.generate(ps, 20, sampling, stop=[], seeds=seeds)
+    stop = [smol.decode(alone[1].token_ids[3:5])]  # row 1 leaves the batch early
+    alone = own.generate(ps, 20, sampling, stop=stop, seeds=seeds)
+    shared = HFEngine(model, smol, in_place_cache=in_place_cache).generate(ps, 20, sampling, stop=stop, seeds=seeds)
+    assert prefill_rows == [7, 7, 3]
+    assert [g.token_ids for g in shared] == [g.token_ids for g in alone]
+    torch.testing.assert_close([torch.tensor(g.logprobs) for g in shared], [torch.tensor(g.logprobs) for g in alone],
+                               atol=1e-5, rtol=1e-5)
+    assert len({tuple(g.token_ids) for g in shared[:3]}) > 1  # the group's samples still differ
+    assert len(shared[1].token_ids) < max(len(g.token_ids) for g in shared)

@@ -160,14 +160,17 @@ class HFEngine:
     Its own loop over the model's forward with a KV cache, rather than ``model.generate``: a row that hits a
     stop string or EOS, or degenerates into repetition, leaves the batch at once (its cache rows are
     dropped), so a turn costs the sum of the rows' lengths, not batch size x the longest row. The cache
-    grows in place (models/kv_cache.py) instead of being copied on every token.
+    grows in place (models/kv_cache.py) instead of being copied on every token. Rows with the same prompt
+    (a GRPO group's samples on their first turn) share one prefill: the prompt is run once and its cache
+    rows copied to each sample (``share_prefill``; vLLM's prefix cache does the same).
     """
 
     def __init__(self, model, tokenizer, max_batch_size: int | None = None, cut_repeats: bool = True,
-                 in_place_cache: bool = True):
+                 in_place_cache: bool = True, share_prefill: bool = True):
         self.model, self.tokenizer, self.max_batch_size = model.eval(), tokenizer, max_batch_size
         self.cut_repeats = cut_repeats  # end a row whose tail repeats (finish_reason "repeat")
         self.in_place_cache = in_place_cache  # False: transformers' own cache (same numbers; for comparison)
+        self.share_prefill = share_prefill  # False: every row pays its own prefill (same numbers; for comparison)
         eos = model.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])
         if tokenizer.eos_token_id is not None:
@@ -214,10 +217,14 @@ class HFEngine:
         if any(len(p) == 0 for p in prompts):
             raise ValueError("empty prompt")
         device, n = self.device, len(prompts)
+        # Prefill each distinct prompt once; row r continues from distinct prompt row_of[r].
+        first: dict[tuple[int, ...], int] = {}
+        row_of = [first.setdefault(tuple(p), len(first)) if self.share_prefill else r for r, p in enumerate(prompts)]
+        distinct = [list(p) for p in first] if self.share_prefill else prompts
         width = max(len(p) for p in prompts)
-        ids = torch.full((n, width), self.pad_id, dtype=torch.long)
-        attn = torch.zeros((n, width), dtype=torch.long)
-        for r, p in enumerate(prompts):  # left padding: every row's next token sits at the same column
+        ids = torch.full((len(distinct), width), self.pad_id, dtype=torch.long)
+        attn = torch.zeros((len(distinct), width), dtype=torch.long)
+        for r, p in enumerate(distinct):  # left padding: every row's next token sits at the same column
             ids[r, width - len(p) :] = torch.tensor(p)
             attn[r, width - len(p) :] = 1
         ids, attn = ids.to(device), attn.to(device)
@@ -237,9 +244,14 @@ class HFEngine:
             **({CACHE_ARG: cache} if cache is not None else {}),
         )
         cache = getattr(out, CACHE_ARG)
-        watch = self._watch(stop, out.logits.shape[-1], device) if stop else None
+        logits = out.logits[:, -1]
+        if len(distinct) < n:  # copy each distinct prompt's cache and next-token logits to its rows
+            expand = torch.tensor(row_of, device=device)
+            cache.batch_select_indices(expand)
+            logits, attn, positions = logits[expand], attn[expand], positions[expand]
+        watch = self._watch(stop, logits.shape[-1], device) if stop else None
         for t in range(max_new_tokens):
-            logits = out.logits[:, -1].float()
+            logits = logits.float()
             logp = torch.log_softmax(logits / temperature, -1)
             rows_l = rows.tolist()
             uniform = None if greedy else torch.tensor([rngs[r].random() for r in rows_l], device=device)
@@ -273,6 +285,7 @@ class HFEngine:
                 input_ids=nxt[:, None], attention_mask=attn, position_ids=positions, use_cache=True,
                 **{CACHE_ARG: cache},
             )
+            logits = out.logits[:, -1]
         return [Generation(tokens[r], logprobs[r], reasons[r]) for r in range(n)]
 
 
