@@ -320,3 +320,27 @@ def test_weight_buckets_under_zero3_are_the_full_parameters_gathered_one_bucket_
         seen.update({n: t.clone() for n, t in bucket})
     assert len(seen) == len(dict(engine.module.named_parameters())) > 2
     assert all(torch.equal(seen[k], full[k]) for k in seen)
+
+
+def test_bf16_compute_trains_fp32_master_weights_and_still_learns(tmp_path):
+    """policy.dtype=bfloat16 on a CPU: the actor's forward passes (scoring and update) run their matrix
+    products in bf16 under autocast, while the weights and AdamW's state stay float32, the reference is
+    held in bf16, log-probs come out float32, and the toy task is still learned."""
+    from searchr1.config import PolicyConfig
+
+    settings = toy_settings(tmp_path, "grpo", 0).model_copy(
+        update={"policy": PolicyConfig(kind="hf", name_or_path="unused", dtype="bfloat16")})
+    model = build_tiny_policy(VOCAB, seed=0, hidden_size=32, layers=1)
+    seen: list[torch.dtype] = []
+    model.lm_head.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    trainer = RLTrainer(settings, model, None, toy_rollout, toy_items())
+    assert trainer.compute_dtype == "bfloat16"
+    history = trainer.train()
+    curve = [round(m["reward_mean"], 2) for m in history]
+    assert np.mean(curve[:2]) < 0.2 and np.mean(curve[-3:]) > 0.8, curve
+    assert torch.bfloat16 in seen and torch.float32 in seen  # trainer passes in bf16; the toy rollout in fp32
+    assert {p.dtype for p in trainer.actor.engine.module.parameters()} == {torch.float32}
+    state = trainer.actor.engine.optimizer.state
+    assert state and all(s["exp_avg"].dtype == torch.float32 for s in state.values())
+    assert {p.dtype for p in trainer.reference.model.parameters()} == {torch.bfloat16}
+    assert all(np.isfinite(m["policy_loss"]) and np.isfinite(m["kl"]) for m in history)
