@@ -16,7 +16,13 @@ from searchr1.config import ConfigError, load_settings
 from searchr1.io import DataError, read_json
 from searchr1.retrieval.base import RetrievalError
 from tasks.caching import (
-    cached_result, dvc_record, dvc_unchanged, input_key, metrics_file, record_success, uses_dvc_lock,
+    cached_result,
+    dvc_record,
+    dvc_unchanged,
+    input_key,
+    metrics_file,
+    record_success,
+    uses_dvc_lock,
 )
 
 

@@ -29,10 +29,10 @@ def test_auto_dtype_is_bf16_only_for_pretrained_policies_on_hardware_that_has_it
 
 
 def test_cpu_flags_are_read_from_cpuinfo(monkeypatch, tmp_path):
+    real_path = precision.Path
     for flags, expected in (("fpu sse avx512f avx512_bf16", True), ("fpu amx_tile amx_bf16", True), ("fpu avx2", False)):
         cpuinfo = tmp_path / "cpuinfo"
         cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
-        real_path = precision.Path
         monkeypatch.setattr(precision, "Path", lambda p, f=cpuinfo: f if p == "/proc/cpuinfo" else real_path(p))
         precision.cpu_has_fast_bf16.cache_clear()
         assert precision.cpu_has_fast_bf16() is expected
