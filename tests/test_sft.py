@@ -324,3 +324,33 @@ def test_rag_fraction_adds_retrieve_then_answer_examples_with_evidence_only():
     with_evidence = {r["id"] + "#rag" for r, d in zip(train, retriever.search([r["question"] for r in train], 3))
                      if contains_answer(d, r["golden_answers"])}
     assert {e["id"] for e in rag} == with_evidence and 0 < len(rag) < len(train)
+
+
+def test_rows_sharing_the_instruction_run_it_once_with_the_same_loss_and_gradient(tokenizer):
+    """A cold-start batch's rows all start with the instruction: it is run once for the batch, and the loss
+    and gradient equal those of running every row in full (rows of different lengths, right-padded)."""
+    from searchr1.models.heads import shared_prefix_length
+
+    docs, train, _ = make_world()
+    examples = build_sft_examples(train[:4], gold(train[:4]), KeywordRetriever(docs), 2, SFTConfig(query_noise=0, skip_hop=0))
+    batch = collate([tokenize_example(ex["segments"], tokenizer, 1024) for ex in examples], tokenizer.pad_token_id)
+    assert batch["attention_mask"].sum(1).unique().numel() > 1  # padding in play
+    at = F.pad(batch["loss_mask"][:, 1:].bool(), (0, 1))
+    shared = shared_prefix_length(batch["input_ids"], batch["attention_mask"], at)
+    assert shared >= 16 and not at[:, :shared].any()
+    results = []
+    for share in (False, True):
+        model = build_tiny_policy(len(tokenizer), seed=0).train()
+        rows_run = []
+        model.model.register_forward_pre_hook(lambda m, a, kw: rows_run.append(kw["input_ids"].shape), with_kwargs=True)
+        if share:
+            loss = trainable_token_loss(model, batch)
+        else:
+            loss = masked_lm_loss(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                                  batch["input_ids"], batch["loss_mask"])
+        loss.backward()
+        results.append((loss.item(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])))
+    rows, width = batch["input_ids"].shape
+    assert rows_run == [torch.Size([1, shared]), torch.Size([rows, width - shared])]  # the prefix once
+    assert results[1][0] == pytest.approx(results[0][0], rel=1e-5)
+    torch.testing.assert_close(results[1][1], results[0][1], atol=1e-6, rtol=1e-4)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from searchr1.models.copy_llama import CACHE_ARG  # the KV-cache keyword of this transformers version
+
 
 def plain_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     """(backbone, lm_head) when the model's logits are exactly ``lm_head(backbone(x).last_hidden_state)``."""
@@ -37,15 +39,50 @@ def head_to_run_apart(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     return parts
 
 
-def logits_at(model: nn.Module, at: torch.Tensor, input_ids: torch.Tensor, **inputs) -> torch.Tensor:
+def logits_at(model: nn.Module, at: torch.Tensor, input_ids: torch.Tensor, share_prefix: bool = False,
+              **inputs) -> torch.Tensor:
     """The logits at the positions ``at`` (bool, same shape as ``input_ids``) marks, as (N, vocab) in
-    row-major order: the same values as ``model(input_ids, **inputs).logits[at]``."""
+    row-major order: the same values as ``model(input_ids, **inputs).logits[at]``.
+
+    ``share_prefix`` (right-padded rows, default positions): the tokens every row starts with (the
+    instruction of a cold-start batch, about a quarter of its tokens) are run once, not once per row
+    (``shared_prefix_length``); gradients flow through the shared part as through each row's own."""
     module = getattr(model, "module", model)
     if getattr(module, "supports_logits_at", False):  # the copy head: its own selection
         return model(input_ids=input_ids, logits_at=at, use_cache=False, **inputs).logits
     parts = head_to_run_apart(model)
     if parts is not None:
         backbone, head = parts
+        shared = shared_prefix_length(input_ids, inputs.get("attention_mask"), at) if share_prefix else 0
+        checkpointing = backbone.training and getattr(backbone, "gradient_checkpointing", False)  # drops caches
+        if shared and not checkpointing and "position_ids" not in inputs:
+            return head(_hidden_after_prefix(backbone, input_ids, shared, inputs.get("attention_mask"))[at[:, shared:]])
         hidden = backbone(input_ids=input_ids, use_cache=False, **inputs).last_hidden_state
         return head(hidden[at])
     return model(input_ids=input_ids, use_cache=False, **inputs).logits[at]
+
+
+MIN_SHARED_PREFIX = 16  # below this the extra pass costs more than it saves
+
+
+def shared_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, at: torch.Tensor) -> int:
+    """How many leading positions every row has in common (same tokens, no padding, no logits asked for),
+    keeping at least one position per row to run; 0 when fewer than ``MIN_SHARED_PREFIX`` or one row."""
+    if input_ids.shape[0] < 2:
+        return 0
+    same = (input_ids == input_ids[:1]).all(0) & ~at.any(0)
+    if attention_mask is not None:
+        same &= attention_mask.bool().all(0)
+    length = min(int(same.int().cumprod(0).sum()), input_ids.shape[1] - 1)
+    return length if length >= MIN_SHARED_PREFIX else 0
+
+
+def _hidden_after_prefix(backbone: nn.Module, input_ids: torch.Tensor, shared: int,
+                         attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Hidden states of positions ``shared:`` of every row, the first ``shared`` run once for all rows."""
+    rows, width = input_ids.shape
+    cache = getattr(backbone(input_ids=input_ids[:1, :shared], use_cache=True), CACHE_ARG)
+    cache.batch_repeat_interleave(rows)  # differentiable: each row's gradient flows back into the one prefix
+    positions = torch.arange(shared, width, device=input_ids.device).expand(rows, -1)
+    return backbone(input_ids=input_ids[:, shared:], attention_mask=attention_mask, position_ids=positions,
+                    use_cache=True, **{CACHE_ARG: cache}).last_hidden_state

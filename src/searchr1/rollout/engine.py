@@ -252,7 +252,7 @@ class HFEngine:
         watch = self._watch(stop, logits.shape[-1], device) if stop else None
         for t in range(max_new_tokens):
             logits = logits.float()
-            logp = torch.log_softmax(logits / temperature, -1)
+            logp = torch.log_softmax(logits if temperature == 1.0 else logits / temperature, -1)
             rows_l = rows.tolist()
             uniform = None if greedy else torch.tensor([rngs[r].random() for r in rows_l], device=device)
             nxt = sample_tokens(logp, sampling, uniform)

@@ -70,7 +70,7 @@ def trainable_token_loss(model, batch: dict[str, torch.Tensor], num_targets: tor
     batch's loss and gradient."""
     targets = batch["loss_mask"][:, 1:].bool()
     at = F.pad(targets, (0, 1))  # position t predicts token t + 1
-    logits = logits_at(model, at, batch["input_ids"], attention_mask=batch["attention_mask"])
+    logits = logits_at(model, at, batch["input_ids"], share_prefix=True, attention_mask=batch["attention_mask"])
     ce = F.cross_entropy(logits.float(), batch["input_ids"][:, 1:][targets], reduction="sum")
     return ce / (targets.sum() if num_targets is None else num_targets).clamp(min=1)
 
