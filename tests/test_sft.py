@@ -342,7 +342,7 @@ def test_rows_sharing_the_instruction_run_it_once_with_the_same_loss_and_gradien
     for share in (False, True):
         model = build_tiny_policy(len(tokenizer), seed=0).train()
         rows_run = []
-        model.model.register_forward_pre_hook(lambda m, a, kw: rows_run.append(kw["input_ids"].shape), with_kwargs=True)
+        model.model.register_forward_pre_hook(lambda m, a, kw, r=rows_run: r.append(kw["input_ids"].shape), with_kwargs=True)
         if share:
             loss = trainable_token_loss(model, batch)
         else:
