@@ -186,3 +186,43 @@ def test_the_copy_head_is_never_chunked():
     config = CopyLlamaConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                              num_attention_heads=2, num_key_value_heads=2, copy_head_dim=8)
     assert plain_head(CopyLlamaForCausalLM(config)) is None
+
+
+def test_a_groups_prompt_runs_once_with_the_same_logprobs_entropy_and_gradient():
+    """Micro-batches by group run the prompt a group's samples share once (models/heads.py): log-probs,
+    entropies and gradients equal those of running every row in full, in the plain and the chunked head
+    paths; rows of other groups (other prompt lengths) are ordered apart."""
+    gen = torch.Generator().manual_seed(0)
+    prompts = {g: torch.randint(3, 60, (n,), generator=gen).tolist() for g, n in (("a", 20), ("b", 24))}
+    samples = []
+    for i in range(6):
+        g = "ab"[i % 2]
+        n = 5 + 3 * i
+        mask = [1] * 3 + [0] * (n - 5) + [1] * 2
+        samples.append(_sample(f"s{i}", prompts[g], torch.randint(3, 60, (n,), generator=gen).tolist(), mask, group=g))
+    batch = collate(samples)
+    order = batch._order(by_group=True).tolist()
+    assert [batch.group_ids[i] for i in order] == ["a"] * 3 + ["b"] * 3
+    for chunk in (0, 4):
+        results = []
+        for share in (False, True):
+            model = build_tiny_policy(64, seed=0).train()
+            prefills = []
+            model.model.register_forward_pre_hook(lambda m, a, kw, p=prefills: p.append(kw["input_ids"].shape[0]),
+                                                  with_kwargs=True)
+            grads, logps, ents = [], [], []
+            for mb in batch.split(2, by_group=True):
+                logp, ent = forward_logprobs(model, mb, chunk_size=chunk, share_prefix=share)
+                (logp * mb.loss_mask).sum().backward()
+                logps.append(logp[mb.loss_mask.bool()])
+                ents.append(ent[mb.loss_mask.bool()])
+            grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+            results.append((torch.cat(logps), torch.cat(ents), grads, prefills))
+        (lp0, e0, g0, calls0), (lp1, e1, g1, calls1) = results
+        assert calls0 == [3, 3] and calls1 == [1, 3, 1, 3]  # each group's prompt ran once
+        torch.testing.assert_close(lp1, lp0, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(e1, e0, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(g1, g0, atol=1e-5, rtol=1e-4)
+    scored, _ = logprobs_of(build_tiny_policy(64, seed=0), batch, micro_batch_size=3, share_prefix=True)
+    plain, _ = logprobs_of(build_tiny_policy(64, seed=0), batch, micro_batch_size=3)
+    torch.testing.assert_close(scored, plain, atol=1e-5, rtol=1e-5)

@@ -44,21 +44,15 @@ def logits_at(model: nn.Module, at: torch.Tensor, input_ids: torch.Tensor, share
     """The logits at the positions ``at`` (bool, same shape as ``input_ids``) marks, as (N, vocab) in
     row-major order: the same values as ``model(input_ids, **inputs).logits[at]``.
 
-    ``share_prefix`` (right-padded rows, default positions): the tokens every row starts with (the
-    instruction of a cold-start batch, about a quarter of its tokens) are run once, not once per row
-    (``shared_prefix_length``); gradients flow through the shared part as through each row's own."""
+    ``share_prefix``: the tokens every row starts with (the instruction of a cold-start batch, a GRPO
+    group's prompt) are run once, not once per row (``hidden_at``)."""
     module = getattr(model, "module", model)
     if getattr(module, "supports_logits_at", False):  # the copy head: its own selection
         return model(input_ids=input_ids, logits_at=at, use_cache=False, **inputs).logits
     parts = head_to_run_apart(model)
     if parts is not None:
         backbone, head = parts
-        shared = shared_prefix_length(input_ids, inputs.get("attention_mask"), at) if share_prefix else 0
-        checkpointing = backbone.training and getattr(backbone, "gradient_checkpointing", False)  # drops caches
-        if shared and not checkpointing and "position_ids" not in inputs:
-            return head(_hidden_after_prefix(backbone, input_ids, shared, inputs.get("attention_mask"))[at[:, shared:]])
-        hidden = backbone(input_ids=input_ids, use_cache=False, **inputs).last_hidden_state
-        return head(hidden[at])
+        return head(hidden_at(backbone, at, input_ids, share_prefix, **inputs))
     return model(input_ids=input_ids, use_cache=False, **inputs).logits[at]
 
 
@@ -77,12 +71,34 @@ def shared_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor |
     return length if length >= MIN_SHARED_PREFIX else 0
 
 
-def _hidden_after_prefix(backbone: nn.Module, input_ids: torch.Tensor, shared: int,
-                         attention_mask: torch.Tensor | None) -> torch.Tensor:
-    """Hidden states of positions ``shared:`` of every row, the first ``shared`` run once for all rows."""
+def can_share_prefix(model: nn.Module) -> bool:
+    """Whether running a shared prefix once (``hidden_at``) pays for ``model``: a plain LM head, no
+    activation checkpointing (it drops the KV cache the prefix is handed on in) and no ZeRO-3 partitions
+    (each extra pass would gather the parameters again)."""
+    parts = plain_head(model)
+    if parts is None:
+        return False
+    backbone = parts[0]
+    zero3 = any(hasattr(p, "ds_id") for p in backbone.parameters())
+    return not zero3 and not any(getattr(m, "gradient_checkpointing", False) for m in backbone.modules())
+
+
+def hidden_at(backbone: nn.Module, at: torch.Tensor, input_ids: torch.Tensor, share_prefix: bool = False,
+              **inputs) -> torch.Tensor:
+    """The backbone's last hidden states at ``at``, (N, hidden). With ``share_prefix`` the positions every
+    row shares (``shared_prefix_length``) are run for one row and their KV cache handed to every row;
+    gradients flow back through that one pass as through each row's own. Same values either way."""
+    shared = shared_prefix_length(input_ids, inputs.get("attention_mask"), at) if share_prefix else 0
+    checkpointing = backbone.training and getattr(backbone, "gradient_checkpointing", False)  # drops caches
+    if not shared or checkpointing:
+        return backbone(input_ids=input_ids, use_cache=False, **inputs).last_hidden_state[at]
     rows, width = input_ids.shape
-    cache = getattr(backbone(input_ids=input_ids[:1, :shared], use_cache=True), CACHE_ARG)
+    positions = inputs.get("position_ids")
+    if positions is None:
+        positions = torch.arange(width, device=input_ids.device).expand(rows, -1)
+    prefix = backbone(input_ids=input_ids[:1, :shared], position_ids=positions[:1, :shared], use_cache=True)
+    cache = getattr(prefix, CACHE_ARG)
     cache.batch_repeat_interleave(rows)  # differentiable: each row's gradient flows back into the one prefix
-    positions = torch.arange(shared, width, device=input_ids.device).expand(rows, -1)
-    return backbone(input_ids=input_ids[:, shared:], attention_mask=attention_mask, position_ids=positions,
-                    use_cache=True, **{CACHE_ARG: cache}).last_hidden_state
+    rest = backbone(input_ids=input_ids[:, shared:], attention_mask=inputs.get("attention_mask"),
+                    position_ids=positions[:, shared:], use_cache=True, **{CACHE_ARG: cache}).last_hidden_state
+    return rest[at[:, shared:]]

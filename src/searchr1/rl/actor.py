@@ -13,6 +13,7 @@ from torch import nn
 
 from searchr1.config import TrainConfig
 from searchr1.distributed import world_size
+from searchr1.models.heads import can_share_prefix
 from searchr1.models.precision import compute_autocast
 from searchr1.rl.batch import Batch
 from searchr1.rl.core import Aggregation, clipped_policy_loss, kl_penalty
@@ -24,6 +25,8 @@ class Actor:
                  use_kl_loss: bool, compute_dtype: str = "float32"):
         self.engine, self.cfg, self.temperature = engine, cfg, temperature
         self.micro_batch_size, self.use_kl_loss, self.compute_dtype = micro_batch_size, use_kl_loss, compute_dtype
+        # A group's samples share their prompt: micro-batches by group run it once (models/heads.py).
+        self.share_prefix = can_share_prefix(engine)
 
     def _autocast(self):
         return compute_autocast(self.compute_dtype, next(self.engine.parameters()).device)
@@ -33,7 +36,8 @@ class Actor:
         self.engine.eval()
         with self._autocast():
             return logprobs_of(
-                self.engine, batch, self.micro_batch_size, self.temperature, chunk_size=self.cfg.logprob_chunk
+                self.engine, batch, self.micro_batch_size, self.temperature, chunk_size=self.cfg.logprob_chunk,
+                share_prefix=self.share_prefix,
             )
 
     def update(self, minibatch: Batch) -> dict[str, float]:
@@ -49,14 +53,14 @@ class Actor:
         agg = Aggregation.over(cfg.loss_agg, minibatch.loss_mask)
         stats: dict[str, float] = {}
         self.engine.train()
-        for mb in minibatch.split(gas):
+        for mb in minibatch.split(gas, by_group=self.share_prefix):
             mask = mb.loss_mask
             # One epoch of one minibatch is on-policy: the sampling policy's log-probs are this pass's own.
             on_policy = mb.old_logp is None
             with self._autocast():
                 logp, entropy = forward_logprobs(
                     self.engine, mb, self.temperature, with_entropy=cfg.entropy_coef > 0 or on_policy,
-                    entropy_grad=cfg.entropy_coef > 0, chunk_size=cfg.logprob_chunk,
+                    entropy_grad=cfg.entropy_coef > 0, chunk_size=cfg.logprob_chunk, share_prefix=self.share_prefix,
                 )
             old_logp = logp.detach() if on_policy else mb.old_logp
             pg_loss, clip_frac, approx_kl = clipped_policy_loss(

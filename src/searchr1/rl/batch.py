@@ -90,17 +90,30 @@ class Batch:
             return pad
         return _concat(self, pad)
 
-    def split(self, parts: int) -> list[Batch]:
+    def split(self, parts: int, by_group: bool = False) -> list[Batch]:
         """``parts`` sub-batches of near-equal size with rows grouped by length (less padding; summing
-        gradients over them is the same gradient whatever the grouping). Fewer rows than parts gives
-        empty sub-batches at the end, so every rank can take part in the same number of steps."""
-        order = torch.argsort(self.attention_mask.sum(1), stable=True)
-        return [self.select(idx) for idx in torch.tensor_split(order, parts)]
+        gradients over them is the same gradient whatever the grouping), or with ``by_group`` a GRPO
+        group's rows together (they share their prompt, which can then run once: models/heads.py).
+        Fewer rows than parts gives empty sub-batches at the end, so every rank can take part in the
+        same number of steps."""
+        return [self.select(idx) for idx in torch.tensor_split(self._order(by_group), parts)]
 
-    def length_sorted_chunks(self, size: int) -> list[tuple[torch.Tensor, Batch]]:
-        """(row indices, sub-batch) of rows grouped by length, so little padding is computed."""
-        order = torch.argsort(self.attention_mask.sum(1), stable=True)
+    def length_sorted_chunks(self, size: int, by_group: bool = False) -> list[tuple[torch.Tensor, Batch]]:
+        """(row indices, sub-batch) of rows grouped by length, so little padding is computed (``by_group``:
+        see ``split``)."""
+        order = self._order(by_group)
         return [(order[i : i + size], self.select(order[i : i + size])) for i in range(0, len(self), size)]
+
+    def _order(self, by_group: bool) -> torch.Tensor:
+        """Rows by length; with ``by_group`` by group (groups by their mean length), then by length."""
+        lengths = self.attention_mask.sum(1)
+        if not by_group or not self.group_ids:
+            return torch.argsort(lengths, stable=True)
+        members: dict[str, list[int]] = {}
+        for i, g in enumerate(self.group_ids):
+            members.setdefault(g, []).append(i)
+        groups = sorted(members.values(), key=lambda rows: float(lengths[rows].float().mean()))
+        return torch.tensor([i for rows in groups for i in sorted(rows, key=lambda i: int(lengths[i]))])
 
     def to(self, device: torch.device | str) -> Batch:
         return dataclasses.replace(self, **{k: v.to(device) for k, v in self.tensors().items()})

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from searchr1.models.heads import head_to_run_apart, logits_at
+from searchr1.models.heads import head_to_run_apart, hidden_at, logits_at
 from searchr1.rl.batch import Batch
 from searchr1.rl.core import entropy_from_logits
 
@@ -50,7 +50,7 @@ def _logp_and_entropy(logits: torch.Tensor, targets: torch.Tensor, temperature: 
 
 def forward_logprobs(
     model: nn.Module, batch: Batch, temperature: float = 1.0, with_entropy: bool = True,
-    entropy_grad: bool = True, chunk_size: int = 0,
+    entropy_grad: bool = True, chunk_size: int = 0, share_prefix: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log pi(y_t | y_<t) of each response token the policy generated (logits / temperature, as
     sampled), and the entropy (with ``entropy_grad=False`` a detached value, for logging, that builds no
@@ -58,7 +58,8 @@ def forward_logprobs(
 
     Logits are computed only where a loss reads them, ``batch.loss_mask`` (models/heads.py); other
     positions get 0, which every loss, KL and entropy mean weighs by loss_mask = 0. ``chunk_size`` > 0
-    bounds the logits held at once to ``chunk_size x vocab`` (see module doc)."""
+    bounds the logits held at once to ``chunk_size x vocab`` (see module doc). ``share_prefix`` runs the
+    prompt the rows share (a GRPO group's) once (models/heads.py ``hidden_at``)."""
     keep = batch.loss_mask.bool()
     if not keep.any():  # a row padded in for equal passes over ranks: one position keeps the graph whole
         keep = torch.zeros_like(keep)
@@ -70,11 +71,11 @@ def forward_logprobs(
 
     parts = head_to_run_apart(model) if 0 < chunk_size < len(targets) else None  # ZeRO-3's update: one pass
     if parts is None:
-        logp, entropy = _logp_and_entropy(logits_at(model, at, batch.input_ids, **inputs), targets, temperature,
-                                          with_entropy, entropy_grad)
+        logits = logits_at(model, at, batch.input_ids, share_prefix, **inputs)
+        logp, entropy = _logp_and_entropy(logits, targets, temperature, with_entropy, entropy_grad)
     else:
         backbone, head = parts
-        hidden = backbone(input_ids=batch.input_ids, use_cache=False, **inputs).last_hidden_state[at]
+        hidden = hidden_at(backbone, at, batch.input_ids, share_prefix, **inputs)
 
         def score(h: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
             logp, entropy = _logp_and_entropy(head(h), y, temperature, with_entropy, entropy_grad)
@@ -94,14 +95,16 @@ def forward_logprobs(
 @torch.no_grad()
 def logprobs_of(
     model: nn.Module, batch: Batch, micro_batch_size: int = 8, temperature: float = 1.0, with_entropy: bool = True,
-    chunk_size: int = 0,
+    chunk_size: int = 0, share_prefix: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``forward_logprobs`` without gradients, in micro-batches; returns ``[B, R]`` (logp, entropy or None)."""
+    """``forward_logprobs`` without gradients, in micro-batches (``share_prefix``: a group's rows together,
+    their prompt run once); returns ``[B, R]`` (logp, entropy or None)."""
     device = next(model.parameters()).device
     logps = torch.zeros(len(batch), batch.response_len)
     ents = torch.zeros(len(batch), batch.response_len) if with_entropy else None
-    for idx, mb in batch.length_sorted_chunks(micro_batch_size):
-        logp, ent = forward_logprobs(model, mb.to(device), temperature, with_entropy, chunk_size=chunk_size)
+    for idx, mb in batch.length_sorted_chunks(micro_batch_size, by_group=share_prefix):
+        logp, ent = forward_logprobs(model, mb.to(device), temperature, with_entropy, chunk_size=chunk_size,
+                                     share_prefix=share_prefix)
         logps[idx, : logp.shape[1]] = logp.cpu()
         if ents is not None:
             ents[idx, : ent.shape[1]] = ent.cpu()
