@@ -203,15 +203,24 @@ def test_trainable_token_loss_equals_the_full_logits_loss(tokenizer, copy_head):
     for fast in (False, True):
         torch.manual_seed(0)
         model = build_micro_policy(PolicyConfig(micro_hidden_size=32, micro_copy_head=copy_head), tokenizer)
-        if fast:
-            loss = trainable_token_loss(model, batch)
-        else:
-            loss = masked_lm_loss(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
-                                  batch["input_ids"], batch["loss_mask"])
-        loss.backward()
-        results.append((loss.item(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])))
-    assert results[1][0] == pytest.approx(results[0][0], rel=1e-5)
-    torch.testing.assert_close(results[1][1], results[0][1], atol=1e-6, rtol=1e-4)
+        results.append(loss_and_gradient(model, batch, fast))
+    assert_same_loss_and_gradient(*results)
+
+
+def loss_and_gradient(model, batch, fast: bool) -> tuple[float, torch.Tensor]:
+    """The SFT loss and its gradient, by ``trainable_token_loss`` (fast) or over the full logits."""
+    if fast:
+        loss = trainable_token_loss(model, batch)
+    else:
+        loss = masked_lm_loss(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                              batch["input_ids"], batch["loss_mask"])
+    loss.backward()
+    return loss.item(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+
+def assert_same_loss_and_gradient(a: tuple[float, torch.Tensor], b: tuple[float, torch.Tensor]) -> None:
+    assert b[0] == pytest.approx(a[0], rel=1e-5)
+    torch.testing.assert_close(b[1], a[1], atol=1e-6, rtol=1e-4)
 
 
 def test_micro_batches_give_the_whole_batch_loss_and_gradient():
@@ -343,14 +352,7 @@ def test_rows_sharing_the_instruction_run_it_once_with_the_same_loss_and_gradien
         model = build_tiny_policy(len(tokenizer), seed=0).train()
         rows_run = []
         model.model.register_forward_pre_hook(lambda m, a, kw, r=rows_run: r.append(kw["input_ids"].shape), with_kwargs=True)
-        if share:
-            loss = trainable_token_loss(model, batch)
-        else:
-            loss = masked_lm_loss(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
-                                  batch["input_ids"], batch["loss_mask"])
-        loss.backward()
-        results.append((loss.item(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])))
+        results.append(loss_and_gradient(model, batch, fast=share))
     rows, width = batch["input_ids"].shape
     assert rows_run == [torch.Size([1, shared]), torch.Size([rows, width - shared])]  # the prefix once
-    assert results[1][0] == pytest.approx(results[0][0], rel=1e-5)
-    torch.testing.assert_close(results[1][1], results[0][1], atol=1e-6, rtol=1e-4)
+    assert_same_loss_and_gradient(*results)
