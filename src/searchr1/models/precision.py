@@ -8,9 +8,10 @@ in float32. ``policy.dtype: float32`` forces float32 everywhere.
 Inference (rollout, evaluation, ``ask``) loads the weights in that dtype. Training keeps float32 master
 weights and optimizer state and computes in bf16 under ``torch.autocast`` (on a GPU the RL stage's
 DeepSpeed engines use DeepSpeed's bf16 mode as well). The HF rollout engine inside training keeps the
-actor's fp32 weights: one-token decoding steps at SmolLM2's size are overhead-bound and measured no faster
-in bf16 on a CPU (benchmarks/precision.py). Log-probs, their ratios and every loss
-reduction are computed in float32 from the logits (rl/logprobs.py, sft/train.py).
+actor's fp32 weights: its one-token decoding steps (16 rows of SmolLM2) measured slower in bf16 than in
+float32 on this CPU, small-row bf16 matrix products being slow here (benchmarks/precision.py); vLLM,
+with prepacked kernels, rolls out in bf16. Log-probs, their ratios and every loss reduction are computed
+in float32 from the logits (rl/logprobs.py, sft/train.py).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def device_has_fast_bf16(device: str | torch.device | None = None) -> bool:
+    """Whether ``device`` (default: CUDA if present, else CPU) computes bf16 natively."""
     kind = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
     if kind == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
