@@ -205,9 +205,29 @@ def test_breakdown_by_type_and_by_searches_and_paired_differences_per_type():
     assert set(breakdown(cold, searches_group)) == {"1", "3+"} and breakdown(rl, searches_group)["2"]["n"] == 2
     diffs = compare_by({"rl": rl, "cold": cold}, [("rl", "cold")], type_group, samples=200)
     assert diffs["bridge"]["rl - cold"]["diff"] == 1.0 and diffs["single"]["rl - cold"]["diff"] == 0.0
+    # By searches, a question's group is the baseline's (cold's) count, so both sides cover the same questions.
+    by_searches = compare_by({"rl": rl, "cold": cold}, [("rl", "cold")], searches_group, samples=200)
+    assert set(by_searches) == {"1", "3+"}
+    assert by_searches["1"]["rl - cold"]["n"] == 3 and by_searches["1"]["rl - cold"]["diff"] == pytest.approx(2 / 3)
+    assert by_searches["3+"]["rl - cold"]["diff"] == -1.0
     table = breakdown_table({"rl": by_type}, "type")
     assert "type bridge" in table and "1.000 / 2.00 (2)" in table
     assert breakdown_table({"rl": {}}, "type") == ""
+
+
+def test_a_type_that_falls_while_the_total_rises_is_called_out():
+    from searchr1.evaluation.metrics import compare, compare_by, fallen_groups, type_group
+
+    # 40 bridge questions RL gets right (cold start wrong), 20 single-hop questions it loses.
+    cold = [{"id": f"b{i}", "em": 0.0, "type": "bridge"} for i in range(40)]
+    cold += [{"id": f"s{i}", "em": 1.0, "type": "single"} for i in range(20)]
+    rl = [{**r, "em": 1.0 - r["em"]} for r in cold]
+    total = compare({"rl": rl, "cold": cold}, [("rl", "cold")], samples=200)
+    by_type = compare_by({"rl": rl, "cold": cold}, [("rl", "cold")], type_group, samples=200)
+    assert total["rl - cold"]["ci_low"] > 0
+    notes = fallen_groups(total, by_type, "type")
+    assert notes == ["rl - cold: type single fell by -1.000 [-1.000, -1.000] on 20 questions, while the total rose by +0.333"]
+    assert fallen_groups(total, {"bridge": by_type["bridge"]}, "type") == []  # a type that rose is not called out
 
 
 def test_question_types_file_is_validated_with_file_and_line(tmp_path):

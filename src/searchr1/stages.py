@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from searchr1.config import Settings
-from searchr1.io import write_json
+from searchr1.io import atomic_open, write_json
 from searchr1.tracking import stage_run
 
 log = logging.getLogger(__name__)
@@ -219,7 +219,9 @@ def evaluate(settings: Settings) -> dict:
     """Score each configured model under each method on the test split; write table, plot, metrics."""
     from searchr1.data.qa import load_qa, read_question_types
     from searchr1.evaluation.harness import evaluate_method
-    from searchr1.evaluation.metrics import aggregate, breakdown, compare, compare_by, searches_group, type_group
+    from searchr1.evaluation.metrics import (
+        aggregate, breakdown, compare, compare_by, fallen_groups, searches_group, type_group,
+    )
     from searchr1.evaluation.report import bar_plot, breakdown_table, comparison_table, markdown_table
     from searchr1.retrieval import load_retriever
     from searchr1.rollout.engine import load_engine
@@ -274,16 +276,27 @@ def evaluate(settings: Settings) -> dict:
             "by_type": {label: breakdown(rows, type_group) for label, rows in scored.items()},
             "by_searches": {label: breakdown(rows, searches_group) for label, rows in scored.items()},
             "comparisons_by_type": compare_by(scored, pairs, type_group, cfg.bootstrap_samples, settings.seed),
+            # Grouped by the searches the baseline of each pair (e.g. the cold start) made on the question.
+            "comparisons_by_searches": compare_by(scored, pairs, searches_group, cfg.bootstrap_samples, settings.seed),
         }
         if not any(summary["by_type"].values()):
             del summary["by_type"], summary["comparisons_by_type"]
+        summary["fallen"] = fallen_groups(summary["comparisons"], summary.get("comparisons_by_type", {}), "type")
         write_json(REPORTS / "eval.json", summary)
         table = markdown_table(results) + comparison_table(summary["comparisons"])
+        if summary["fallen"]:
+            table += "\n**A question type fell** (paired CI below 0):\n\n" + "".join(f"- {n}\n" for n in summary["fallen"])
         table += breakdown_table(summary.get("by_type", {}), "type")
         for group, comparisons in summary.get("comparisons_by_type", {}).items():
             table += f"\nPaired differences on {group} questions:\n" + comparison_table(comparisons)
         table += breakdown_table(summary["by_searches"], "searches")
-        (REPORTS / "eval.md").write_text(table)
+        for group, comparisons in summary["comparisons_by_searches"].items():
+            table += f"\nPaired differences on the questions the baseline answered with {group} searches:\n"
+            table += comparison_table(comparisons)
+        for note in summary["fallen"]:
+            log.warning("evaluate: %s", note)
+        with atomic_open(REPORTS / "eval.md", "w") as fh:
+            fh.write(table)
         if results:
             bar_plot(results, REPORTS / "eval.png")
         for label, per in results.items():

@@ -104,11 +104,49 @@ def breakdown(predictions: list[dict], group_of) -> dict[str, dict[str, float]]:
 def compare_by(
     predictions: dict[str, list[dict]], pairs: Sequence[tuple[str, str]], group_of, samples: int = 1000, seed: int = 0
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """``compare`` within each group of questions: ``{group: {"A - B": paired difference}}``."""
-    first = next(iter(predictions.values()), [])
-    groups = sorted({g for r in first if (g := group_of(r)) is not None})
-    out = {}
-    for g in groups:
-        subset = {label: [r for r in rows if group_of(r) == g] for label, rows in predictions.items()}
-        out[g] = compare(subset, pairs, samples, seed)
-    return out
+    """``compare`` within each group of questions: ``{group: {"A - B": paired difference}}``.
+
+    A question's group is ``group_of`` of the baseline B's row, so both sides of a pair cover the same
+    questions even when the group is behaviour (``searches_group``: the questions B answered with n
+    searches) rather than data (``type_group``: the same for every model).
+    """
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for a, b in pairs:
+        if a not in predictions or b not in predictions:
+            continue
+        rows_a, rows_b = predictions[a], predictions[b]
+        if [r["id"] for r in rows_a] != [r["id"] for r in rows_b]:
+            raise ValueError(f"{a} and {b} were scored on different questions")
+        groups: dict[str, list[int]] = defaultdict(list)
+        for k, row in enumerate(rows_b):
+            if (g := group_of(row)) is not None:
+                groups[g].append(k)
+        for g, ks in groups.items():
+            out.setdefault(g, {})[f"{a} - {b}"] = paired_difference(
+                [rows_a[k]["em"] for k in ks], [rows_b[k]["em"] for k in ks], samples, seed
+            )
+    return dict(sorted(out.items()))
+
+
+def fallen_groups(
+    comparisons: dict[str, dict[str, float]], by_group: dict[str, dict[str, dict[str, float]]], what: str
+) -> list[str]:
+    """One sentence per (comparison, group) whose paired CI lies wholly below 0, saying whether the
+    comparison's total rose meanwhile: a gain on the whole test set can hide a lost question type."""
+    notes = []
+    for group, per in by_group.items():
+        for name, c in per.items():
+            if c["ci_high"] >= 0:
+                continue
+            total = comparisons.get(name)
+            if total is None:
+                context = ""
+            elif total["diff"] > 0:
+                context = f", while the total rose by {total['diff']:+.3f}"
+            else:
+                context = f"; the total: {total['diff']:+.3f}"
+            notes.append(
+                f"{name}: {what} {group} fell by {c['diff']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] "
+                f"on {int(c['n'])} questions{context}"
+            )
+    return notes

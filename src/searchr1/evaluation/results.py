@@ -183,6 +183,8 @@ def write_results(
             evaluation = v.evaluation or {}
             if evaluation.get("comparisons"):
                 parts += [f"\n## Paired differences after RL: {v.label}\n", comparison_table(evaluation["comparisons"])]
+            if evaluation.get("fallen"):
+                parts += ["\n**A question type fell** (paired CI below 0):\n", "".join(f"- {n}\n" for n in evaluation["fallen"])]
             if evaluation.get("by_type"):
                 parts += [f"\n## By question type after RL: {v.label}\n", breakdown_table(evaluation["by_type"], "type")]
                 for group, comparisons in evaluation.get("comparisons_by_type", {}).items():
