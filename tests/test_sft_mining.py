@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from searchr1.config import SFTConfig
 from searchr1.retrieval.base import Doc
 from searchr1.sft.mining import (
     ABOUT,
     SHOWN,
     TOP,
+    compared_names,
+    deciding_sentence,
+    deciding_value,
     evidence,
     follow_up_queries,
     mine_paths,
@@ -14,7 +18,8 @@ from searchr1.sft.mining import (
     names_in,
     remaining_words,
 )
-from tests.test_sft import KeywordRetriever, make_world
+from searchr1.sft.trajectories import build_sft_examples
+from tests.test_sft import KeywordRetriever, make_world, turns_text
 
 
 def test_names_are_capitalised_spans_without_function_words():
@@ -91,3 +96,64 @@ def test_mined_paths_only_use_what_the_policy_is_shown():
     paths = mine_paths([r["question"] for r in train], [r["golden_answers"] for r in train], KeywordRetriever(docs), 2,
                        show=cut)
     assert paths == [None] * len(train)  # the city is only named in the (hidden) passage text
+
+
+# Two people; the question compares their birth years. The answer's own passage names it, so the older
+# rule stopped at one search that happened to show it.
+PEOPLE = [
+    Doc("a", '"Ada Pell"\nAda Pell was a smith born in 1801 in Kastrin. She made bells. Ada Pell died in 1870.'),
+    Doc("i", '"Ilsa Marrow"\nIlsa Marrow was a baker born in 1795 in Dorn. She baked bread. Ilsa Marrow died in 1850.'),
+    Doc("k", '"Kastrin"\nKastrin is a town of 4,000 people founded in 1702.'),
+]
+COMPARE = {"id": "q", "question": "Who was born earlier, Ada Pell or Ilsa Marrow?", "golden_answers": ["Ilsa Marrow"]}
+
+
+def test_a_question_whose_answer_is_one_of_its_names_is_a_comparison():
+    assert compared_names(COMPARE["question"], COMPARE["golden_answers"]) == ["Ada Pell", "Ilsa Marrow"]
+    # A name's common nouns come with it: the corpus may hold a Tiderk compass as well as the Tiderk winch.
+    assert compared_names("Which is older, the Tiderk winch or the Zorb press?", ["Tiderk winch"]) == [
+        "Tiderk winch", "Zorb press"]
+    assert compared_names("Who was born earlier, Ada Pell or Ilsa Marrow?", ["1795"]) == []  # answer not a name in it
+    assert compared_names("Where was Ada Pell born?", ["Ada Pell"]) == []  # one name: nothing to compare
+
+
+def test_the_deciding_value_is_the_number_next_to_what_the_question_asks():
+    text = PEOPLE[0].text
+    assert deciding_sentence(text, COMPARE["question"]) == "Ada Pell was a smith born in 1801 in Kastrin."
+    assert deciding_sentence("No numbers here.", COMPARE["question"]) is None
+    style2 = "The smith Ada Pell came into the world in Kastrin in 1801 and passed away in 1870."
+    assert deciding_value(style2, "Of Ada Pell and Ilsa Marrow, who came into the world first?") == "1801"
+    city = "Oslo was founded in 1850 and has a population of 120,000."
+    assert deciding_value(city, "Which city has a larger population, Oslo or Rome?") == "120,000"
+    assert deciding_value(city, "Which is older, Oslo or Rome?") == "1850"  # no asked word: the first number
+
+
+def test_a_comparison_is_mined_as_one_lookup_per_name():
+    questions, answers = [COMPARE["question"]], [COMPARE["golden_answers"]]
+    (path,) = mine_paths(questions, answers, KeywordRetriever(PEOPLE), 1, show=lambda d: d)
+    assert path.queries == ["Ada Pell", "Ilsa Marrow"]
+    assert path.evidence == ABOUT and path.evidence_id == "i"
+    # The older rule: one search of the question shows the answer's own passage (top 2), and stops there.
+    (old,) = mine_paths(questions, answers, KeywordRetriever(PEOPLE), 2, show=lambda d: d, comparisons=False)
+    assert old.queries == [COMPARE["question"]]
+    # A lookup that shows no deciding value does not count: titles only, nothing is ever complete.
+    cut = lambda ds: [Doc(d.id, f'"{d.title}"\n', d.score) for d in ds]  # noqa: E731
+    assert mine_paths(questions, answers, KeywordRetriever(PEOPLE), 1, show=cut) == [None]
+    single = {"id": "s", "question": "Where was Ada Pell born?", "golden_answers": ["Kastrin"]}
+    report = mining_report([COMPARE, single], [path, None])
+    assert report["mined_paths_by_shape"] == {"comparison": {"2_hop": 1, "none": 0}, "other": {"none": 1}}
+
+
+def test_a_comparisons_trajectory_looks_up_both_names_and_writes_out_their_values():
+    (path,) = mine_paths([COMPARE["question"]], [COMPARE["golden_answers"]], KeywordRetriever(PEOPLE), 1,
+                         show=lambda d: d)
+    cfg = SFTConfig(query_noise=0.0, skip_hop=1.0, rag_fraction=0.0)  # skip_hop never cuts a comparison short
+    (ex,) = build_sft_examples([COMPARE], [path.queries], KeywordRetriever(PEOPLE), 1, cfg)
+    turns = turns_text(ex)
+    assert ex["num_searches"] == 2 and not ex["skipped_hop"]
+    assert "I need to compare Ada Pell and Ilsa Marrow. I will look up Ada Pell first." in turns
+    assert "<search> Ilsa Marrow </search>" in turns
+    assert turns.endswith("Ada Pell: 1801; Ilsa Marrow: 1795. So the answer is Ilsa Marrow. </think>\n"
+                          "<answer> Ilsa Marrow </answer>")
+    # A path that never showed the other side's value gives no example.
+    assert build_sft_examples([COMPARE], [["Ada Pell"]], KeywordRetriever(PEOPLE), 1, cfg) == []

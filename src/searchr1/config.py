@@ -205,6 +205,11 @@ class SFTConfig(Section):
     mine_question_words: bool = Field(
         True, description="Also try follow-ups of a name plus the question's remaining words."
     )
+    mine_comparisons: bool = Field(
+        True, description="A question whose answer is one of its own names is a comparison: its mined path looks "
+        "up each name it compares, and its trajectory writes out each one's deciding value (sft/mining.py). "
+        "False: the older rule (the answer's own passage is enough)."
+    )
     num_examples: int | None = Field(None, ge=1)
     epochs: int = Field(2, ge=1)
     lr: float = Field(1e-3, gt=0)

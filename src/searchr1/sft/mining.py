@@ -14,6 +14,11 @@ so a path is graded by where the answer appears in its last hop:
 
 The mined path is the strongest one, then the shortest. A query never contains a gold answer the
 question does not (that would be searching for the answer), and never repeats an earlier query.
+
+When the answer is one of the question's own names ("Who was born earlier, A or B?"), finding it in a
+passage proves nothing: the question already holds it. Such a question is a *comparison*: its path
+looks up each name it compares with a search of its own, and is complete only when each lookup shows a
+passage about that name with the value that decides (a sentence with a number: a year, a count).
 """
 
 from __future__ import annotations
@@ -74,6 +79,82 @@ def remaining_words(question: str) -> str:
     return " ".join(w for w in words if w.lower() not in STOPWORDS and w.lower() not in inside and not w[0].isupper())
 
 
+def compared_names(question: str, answers: Sequence[str]) -> list[str]:
+    """The names a question compares: all its names, when it has two or more and a gold answer is
+    one of them (or within one); else [] (the question is not a comparison)."""
+    names = [_with_common_nouns(question, n) for n in names_in(question)]
+    if len(names) < 2:
+        return []
+    if not any(mentions(n, answers) or mentions(a, [n]) for n in names for a in answers):
+        return []
+    return names
+
+
+def _with_common_nouns(question: str, name: str) -> str:
+    """A name with the lower-case words that follow it in the question, up to a function word: "the
+    Budath loom or ..." -> "Budath loom" (names_in stops at "Budath"; the corpus has a Budath compass too)."""
+    m = re.search(re.escape(name) + r"((?:\s+[a-z][\w'-]*)*)", question)
+    tail = []
+    for word in (m.group(1).split() if m else []):
+        if word in STOPWORDS:
+            break
+        tail.append(word)
+    return " ".join([name, *tail])
+
+
+def is_about(name: str, doc: Doc) -> bool:
+    """Whether ``doc`` is a passage about ``name``: its title holds the name, or the name its title."""
+    title, name = _norm(doc.title), _norm(name)
+    return bool(title) and bool(name) and (f" {name} " in f" {title} " or f" {title} " in f" {name} ")
+
+
+def _stems(text: str) -> set[str]:
+    return {w[:4] for w in re.findall(r"[a-z]+", text.lower()) if w not in STOPWORDS}
+
+
+def deciding_sentence(text: str, question: str) -> str | None:
+    """The sentence of a passage holding the value a comparison turns on: of the sentences with a
+    number, the one sharing the most words (by their first four letters) with what the question asks."""
+    asked = _stems(remaining_words(question))
+    best: tuple[int, str] | None = None
+    for sentence in re.split(r"(?<=[.!?])\s+", text):
+        if re.search(r"\d", sentence):
+            score = len(asked & _stems(sentence))
+            if best is None or score > best[0]:
+                best = (score, sentence.strip())
+    return best[1] if best else None
+
+
+def deciding_value(sentence: str, question: str) -> str:
+    """The number in a deciding sentence nearest to a word of what the question asks ("born in 1923 ...
+    died in 1990", asked "born earlier": 1923); the first number when no such word is there."""
+    asked = _stems(remaining_words(question))
+    words = re.findall(r"[\w,.]+", sentence)
+    numbers = [(k, w.rstrip(".,")) for k, w in enumerate(words) if re.fullmatch(r"\d[\d,.]*", w.rstrip(".,"))]
+    anchors = [k for k, w in enumerate(words) if _stems(w) & asked]
+    if not anchors:
+        return numbers[0][1]
+    return min(numbers, key=lambda kn: min(abs(kn[0] - a) for a in anchors))[1]
+
+
+def looked_up(names: Sequence[str], hop: Hop, question: str) -> dict[str, Doc]:
+    """The compared names ``hop`` looked up: its query names exactly one of them, and it shows a
+    passage about that name with a deciding sentence."""
+    query = f" {_norm(hop.query)} "
+    named = [n for n in names if f" {_norm(n)} " in query]
+    if len(named) != 1:
+        return {}
+    doc = passage_about(named[0], hop.docs, question)
+    return {named[0]: doc} if doc else {}
+
+
+def passage_about(name: str, docs: Sequence[Doc], question: str) -> Doc | None:
+    """The first of ``docs`` about ``name`` with a deciding sentence; a passage titled exactly the
+    name before others ("Budath loom" before "Budath loom factory")."""
+    exact_first = sorted(docs, key=lambda d: _norm(d.title) != _norm(name))
+    return next((d for d in exact_first if is_about(name, d) and deciding_sentence(d.text, question)), None)
+
+
 @dataclass(frozen=True)
 class Hop:
     query: str
@@ -126,6 +207,28 @@ def follow_up_queries(question: str, asked: Sequence[str], docs: Sequence[Doc], 
     return queries[:limit]
 
 
+def comparison_evidence(names: Sequence[str], path: Sequence[Hop], question: str, answers: Sequence[str]) -> tuple[int, str] | None:
+    """``(ABOUT, the answer's own passage)`` when ``path`` has looked up every compared name, else None."""
+    found: dict[str, Doc] = {}
+    for hop in path:
+        found = {**looked_up(names, hop, question), **found}
+    if len(found) < len(names):
+        return None
+    answer_doc = next((d for n, d in found.items() if mentions(n, answers) or any(mentions(a, [n]) for a in answers)), None)
+    return None if answer_doc is None else (ABOUT, answer_doc.id)
+
+
+def side_queries(names: Sequence[str], path: Sequence[Hop], question: str, limit: int, with_question_words: bool) -> list[str]:
+    """Lookups of the compared names ``path`` has not looked up yet: each name, then the name with the
+    question's remaining words."""
+    done = {n for hop in path for n in looked_up(names, hop, question)}
+    asked = {_norm(h.query) for h in path}
+    rest = remaining_words(question) if with_question_words else ""
+    todo = [n for n in names if n not in done]
+    queries = todo + [f"{n} {rest}" for n in todo if rest]
+    return [q for q in queries if _norm(q) not in asked][:limit]
+
+
 def _better(a: MinedPath | None, b: MinedPath) -> MinedPath:
     if a is None:
         return b
@@ -143,6 +246,7 @@ def mine_paths(
     candidates: int = 8,
     with_question_words: bool = True,
     batch_size: int = 512,
+    comparisons: bool = True,
 ) -> list[MinedPath | None]:
     """The best search path per question (None when no path within ``max_hops`` shows an answer).
 
@@ -151,10 +255,19 @@ def mine_paths(
     ``candidates`` follow-ups for each of the ``beam`` most promising open paths of a question.
     A question stops at the first depth that gives an ``about`` path; otherwise the best path over
     all depths wins (strongest evidence, then fewest hops).
+
+    A comparison (``compared_names``; unless ``comparisons`` is False, the older rule) starts from
+    lookups of the names it compares instead of the question, and its only complete paths are those
+    that looked up every one (``comparison_evidence``).
     """
     best: list[MinedPath | None] = [None] * len(questions)
+    sides = [compared_names(q, a) if comparisons else [] for q, a in zip(questions, answers)]
     # Open paths: (question index, hops so far, next query).
-    pending = [(i, (), q.strip()) for i, q in enumerate(questions)]
+    pending = [
+        (i, (), query)
+        for i, q in enumerate(questions)
+        for query in (side_queries(sides[i], (), q, candidates, with_question_words) if sides[i] else [q.strip()])
+    ]
     for depth in range(1, max_hops + 1):
         if not pending:
             break
@@ -163,7 +276,10 @@ def mine_paths(
         for (i, hops, query), docs in zip(pending, results):
             hop = Hop(query, tuple(show(docs)))
             path = hops + (hop,)
-            found = evidence(query, hop.docs, answers[i])
+            if sides[i]:
+                found = comparison_evidence(sides[i], path, questions[i], answers[i])
+            else:
+                found = evidence(query, hop.docs, answers[i])
             if found is not None:
                 best[i] = _better(best[i], MinedPath(path, *found))
             if (found is None or found[0] != ABOUT) and len(opened.setdefault(i, [])) < beam:
@@ -175,9 +291,12 @@ def mine_paths(
             if best[i] is not None and best[i].evidence == ABOUT:
                 continue
             for path in paths:
-                asked = [h.query for h in path]
-                for query in follow_up_queries(questions[i], asked, path[-1].docs, answers[i], candidates, with_question_words):
-                    pending.append((i, path, query))
+                if sides[i]:
+                    queries = side_queries(sides[i], path, questions[i], candidates, with_question_words)
+                else:
+                    asked = [h.query for h in path]
+                    queries = follow_up_queries(questions[i], asked, path[-1].docs, answers[i], candidates, with_question_words)
+                pending += [(i, path, query) for query in queries]
     return best
 
 
@@ -192,7 +311,8 @@ def _search(retriever: Retriever, queries: list[str], topk: int, batch_size: int
 
 
 def mining_report(rows: Sequence[dict], mined: Sequence[MinedPath | None]) -> dict:
-    """How many questions got a 1-, 2-, 3-hop path or none, and with what evidence.
+    """How many questions got a 1-, 2-, 3-hop path or none, and with what evidence; also per shape
+    (comparison or other, see ``compared_names``).
 
     Where rows carry the generator's metadata (analysis only: mining never reads it), also per
     question type, and how often the passage holding the answer is one of ``supporting_ids``.
@@ -202,9 +322,15 @@ def mining_report(rows: Sequence[dict], mined: Sequence[MinedPath | None]) -> di
         out = {f"{n}_hop": hops[n] for n in sorted(k for k in hops if k)}
         return {**out, "none": hops[0]}
 
+    shapes: dict[str, list[MinedPath | None]] = {}
+    for row, path in zip(rows, mined):
+        shape = "comparison" if compared_names(row["question"], [str(a) for a in row["golden_answers"]]) else "other"
+        shapes.setdefault(shape, []).append(path)
     report = {
         "mined_paths": counts(mined),
         "mined_evidence": dict(Counter(EVIDENCE_NAMES[p.evidence] for p in mined if p)),
+        # The shape mining sees (question and answers only): comparisons need a lookup per name.
+        "mined_paths_by_shape": {shape: counts(ps) for shape, ps in sorted(shapes.items())},
     }
     by_type: dict[str, list[MinedPath | None]] = {}
     checked = right = 0

@@ -238,7 +238,7 @@ def run_sft(
             mined = mine_paths(
                 [r["question"] for r in rows], [r["golden_answers"] for r in rows], retriever, topk, show,
                 max_hops=cfg.mine_max_hops, beam=cfg.mine_beam, candidates=cfg.mine_candidates,
-                with_question_words=cfg.mine_question_words,
+                with_question_words=cfg.mine_question_words, comparisons=cfg.mine_comparisons,
             )
             paths = [None if p is None else p.queries for p in mined]
             mining = mining_report(rows, mined)

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from searchr1.prompts import ANSWER_CLOSE, ANSWER_OPEN, format_passages, information_block, make_prompt
 from searchr1.retrieval.base import Doc, Retriever
-from searchr1.sft.mining import mentions
+from searchr1.sft.mining import compared_names, deciding_sentence, deciding_value, mentions, passage_about
 
 Segment = tuple[str, bool]
 
@@ -41,6 +41,10 @@ NEXT_SEARCH = (
     "<think> Now I need to find {q}. </think>\n<search> {q} </search>",
     "<think> Next, I should search for {q}. </think>\n<search> {q} </search>",
 )
+# A comparison (sft/mining.py ``compared_names``) looks up each name, then writes out the value that decides
+# for each ("A: 1923; B: 1931") before answering: the judgement is made from values side by side.
+COMPARE_FIRST = "<think> I need to compare {names}. I will look up {q} first. </think>\n<search> {q} </search>"
+COMPARE_ANSWER = "<think> {facts} So the answer is {a}. </think>\n<answer> {a} </answer>"
 RE_SEARCH = "<think> The information does not help. I will search again. </think>\n<search> {q} </search>"
 ANSWER = "<think> The information shows that the answer is {a}. </think>\n<answer> {a} </answer>"
 
@@ -48,6 +52,20 @@ ANSWER = "<think> The information shows that the answer is {a}. </think>\n<answe
 def contains_answer(docs: Sequence[Doc], answers: Sequence[str]) -> bool:
     """Whether any passage mentions any gold answer."""
     return mentions(" ".join(d.contents for d in docs), answers)
+
+
+def comparison_facts(names: Sequence[str], shown: Sequence[tuple[Doc, str]], question: str) -> list[str] | None:
+    """For each compared name, "name: value" from the deciding sentence of the first passage about it
+    that the policy was shown (``shown``: each passage with the information block it appeared in);
+    None if one is missing."""
+    facts = []
+    for name in names:
+        doc = passage_about(name, [d for d, _ in shown], question)
+        sentence = doc and deciding_sentence(doc.text, question)
+        if not sentence or not any(sentence in block for d, block in shown if d.id == doc.id):
+            return None  # not found, or cut from what the policy was shown
+        facts.append(f"{name}: {deciding_value(sentence, question)}")
+    return facts
 
 
 def _full_information(docs: Sequence[Doc]) -> str:
@@ -139,10 +157,15 @@ def build_sft_examples(
         segments: list[Segment] = [(make_prompt(row["question"], template), False)]
         searches, re_searched, skipped = 0, False, False
         docs: list[Doc] = []
+        # A comparison whose path looks up its names (not the question): never answered before every lookup.
+        names = compared_names(row["question"], answers) if queries[0] != row["question"].strip() else []
+        shown: list[tuple[Doc, str]] = []
         for hop, query in enumerate(queries):
             last = hop == len(queries) - 1
             if hop:
                 turn = rng.choice(NEXT_SEARCH)
+            elif names:
+                turn = COMPARE_FIRST.replace("{names}", " and ".join(names))
             elif query == row["question"].strip():
                 turn = rng.choice(SEARCH_QUESTION[len(queries) > 1])
             else:
@@ -150,6 +173,7 @@ def build_sft_examples(
             if hop == 0 and noisy:
                 docs = results[noisy]
                 segments += [(turn.format(q=noisy), True), (observe(docs), False)]
+                shown += [(d, segments[-1][0]) for d in docs]
                 searches += 1
                 gold_top = {d.id for d in results[query][:1]}
                 if (contains_answer(docs, answers) if last else bool(gold_top & {d.id for d in docs})):
@@ -157,15 +181,24 @@ def build_sft_examples(
                 turn, re_searched = RE_SEARCH, True
             docs = results[query]
             segments += [(turn.format(q=query), True), (observe(docs), False)]
+            shown += [(d, segments[-1][0]) for d in docs]
             searches += 1
-            if not last and skip and mentions(segments[-1][0], answers):
+            if not last and skip and not names and mentions(segments[-1][0], answers):
                 skipped = True
                 break
-        if not mentions(segments[-1][0], answers):  # as shown: a truncated passage may have lost it
-            continue
-        # The alias the passages show: the policy copies its answer from them.
-        answer = next((a for a in answers if mentions(segments[-1][0], [a])), answers[0])
-        segments.append((ANSWER.format(a=answer), True))
+        if names:
+            facts = comparison_facts(names, shown, row["question"])
+            seen = " ".join(dict.fromkeys(block for _, block in shown))
+            if facts is None or not mentions(seen, answers):
+                continue
+            answer = next(a for a in answers if mentions(seen, [a]))
+            segments.append((COMPARE_ANSWER.format(facts="; ".join(facts) + ".", a=answer), True))
+        else:
+            if not mentions(segments[-1][0], answers):  # as shown: a truncated passage may have lost it
+                continue
+            # The alias the passages show: the policy copies its answer from them.
+            answer = next((a for a in answers if mentions(segments[-1][0], [a])), answers[0])
+            segments.append((ANSWER.format(a=answer), True))
         examples.append(
             {
                 "id": row["id"],
