@@ -220,7 +220,13 @@ def evaluate(settings: Settings) -> dict:
     from searchr1.data.qa import load_qa, read_question_types
     from searchr1.evaluation.harness import evaluate_method
     from searchr1.evaluation.metrics import (
-        aggregate, breakdown, compare, compare_by, fallen_groups, searches_group, type_group,
+        aggregate,
+        breakdown,
+        compare,
+        compare_by,
+        fallen_groups,
+        searches_group,
+        type_group,
     )
     from searchr1.evaluation.report import bar_plot, breakdown_table, comparison_table, markdown_table
     from searchr1.retrieval import load_retriever
