@@ -113,6 +113,11 @@ def test_a_question_whose_answer_is_one_of_its_names_is_a_comparison():
     # A name's common nouns come with it: the corpus may hold a Tiderk compass as well as the Tiderk winch.
     assert compared_names("Which is older, the Tiderk winch or the Zorb press?", ["Tiderk winch"]) == [
         "Tiderk winch", "Zorb press"]
+    # Two names joined by "and" are one span to names_in ("Kiss and Tell"): split when one side is the answer.
+    assert compared_names("Of Ada Pell Bells and Ilsa Marrow Bakery, which was established first?",
+                          ["Ilsa Marrow Bakery"]) == ["Ada Pell Bells", "Ilsa Marrow Bakery"]
+    assert compared_names("Of the Ada Pell Fair and the Ilsa Marrow Parade, which took place first?",
+                          ["Ilsa Marrow Parade"]) == ["Ada Pell Fair", "Ilsa Marrow Parade"]
     assert compared_names("Who was born earlier, Ada Pell or Ilsa Marrow?", ["1795"]) == []  # answer not a name in it
     assert compared_names("Where was Ada Pell born?", ["Ada Pell"]) == []  # one name: nothing to compare
 

@@ -155,7 +155,10 @@ class VLLMEngine:
         # vLLM's in-place reload: checkpoint-format tensors go through each layer's weight loader and then
         # its post-load processing again (fused q/k/v, the CPU backend's prepacked GEMM weights), which a
         # plain model.load_weights would leave stale. The iterator pulls one bucket at a time.
-        pairs = ((name, t.detach()) for bucket in _buckets(weights) for name, t in bucket)
+        # In the engine's dtype (float32 master weights into a bf16 engine): half the bytes, and no warning
+        # from vLLM's loader for every tensor of every step.
+        dtype = self.llm.llm_engine.model_config.dtype
+        pairs = ((name, t.detach().to(dtype)) for bucket in _buckets(weights) for name, t in bucket)
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": pairs, "is_checkpoint_format": True})
         _retie_output_head(self.model)
         self.llm.reset_prefix_cache()

@@ -62,14 +62,19 @@ def names_in(text: str) -> list[str]:
     function words ("The Hague" -> "Hague"): the names a passage mentions."""
     out: dict[str, None] = {}
     for span in _NAME_RE.findall(text):
-        words = span.rstrip(".").split()
-        while words and words[0].lower() in STOPWORDS:
-            words = words[1:]
-        while words and words[-1].lower() in STOPWORDS:
-            words = words[:-1]
-        if words:
-            out.setdefault(" ".join(words), None)
+        if name := _trim(span.rstrip(".")):
+            out.setdefault(name, None)
     return list(out)
+
+
+def _trim(span: str) -> str:
+    """``span`` without leading or trailing function words."""
+    words = span.split()
+    while words and words[0].lower() in STOPWORDS:
+        words = words[1:]
+    while words and words[-1].lower() in STOPWORDS:
+        words = words[:-1]
+    return " ".join(words)
 
 
 def remaining_words(question: str) -> str:
@@ -82,10 +87,19 @@ def remaining_words(question: str) -> str:
 def compared_names(question: str, answers: Sequence[str]) -> list[str]:
     """The names a question compares: all its names, when it has two or more and a gold answer is
     one of them (or within one); else [] (the question is not a comparison)."""
-    names = [_with_common_nouns(question, n) for n in names_in(question)]
-    if len(names) < 2:
-        return []
-    if not any(mentions(n, answers) or mentions(a, [n]) for n in names for a in answers):
+    def is_answer(name: str) -> bool:
+        return mentions(name, answers) or any(mentions(a, [name]) for a in answers)
+
+    exact = {_norm(a) for a in answers}
+    names = []
+    for name in names_in(question):
+        # "Of A Lanterns Union and B Foundry, which ...": one span to names_in ("Kiss and Tell"); two
+        # names when one side is exactly an answer and the whole is not.
+        parts = [_trim(part) for part in name.split(" and ")]
+        split = len(parts) > 1 and _norm(name) not in exact and any(_norm(p) in exact for p in parts)
+        names += parts if split else [name]
+    names = [_with_common_nouns(question, n) for n in names]
+    if len(names) < 2 or not any(is_answer(n) for n in names):
         return []
     return names
 
