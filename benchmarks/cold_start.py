@@ -43,7 +43,7 @@ def main() -> None:
     model, tok = load_policy(args.model)
     model.train()
     model.config.use_cache = False
-    examples = [tokenize_example(r["segments"], tok, cfg.max_length) for r in iter_jsonl(args.examples)]
+    examples = [tokenize_example(r["segments"], tok, cfg.max_length) for _, r in iter_jsonl(args.examples)]
     groups = _length_grouped_batches([len(ids) for ids, _ in examples], cfg.batch_size, torch.Generator().manual_seed(0))
     batches = [collate([examples[i] for i in g], tok.pad_token_id) for g in groups[: args.batches]]
     tokens = sum(int(b["attention_mask"].sum()) for b in batches)
