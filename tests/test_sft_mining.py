@@ -152,7 +152,8 @@ def test_a_comparison_is_mined_as_one_lookup_per_name():
 def test_a_comparisons_trajectory_looks_up_both_names_and_writes_out_their_values():
     (path,) = mine_paths([COMPARE["question"]], [COMPARE["golden_answers"]], KeywordRetriever(PEOPLE), 1,
                          show=lambda d: d)
-    cfg = SFTConfig(query_noise=0.0, skip_hop=1.0, rag_fraction=0.0)  # skip_hop never cuts a comparison short
+    # skip_hop never cuts a comparison short
+    cfg = SFTConfig(query_noise=0.0, skip_hop=1.0, rag_fraction=0.0, mine_comparisons=True)
     (ex,) = build_sft_examples([COMPARE], [path.queries], KeywordRetriever(PEOPLE), 1, cfg)
     turns = turns_text(ex)
     assert ex["num_searches"] == 2 and not ex["skipped_hop"]
@@ -162,3 +163,7 @@ def test_a_comparisons_trajectory_looks_up_both_names_and_writes_out_their_value
                           "<answer> Ilsa Marrow </answer>")
     # A path that never showed the other side's value gives no example.
     assert build_sft_examples([COMPARE], [["Ada Pell"]], KeywordRetriever(PEOPLE), 1, cfg) == []
+    # Off (the default): the older trajectory, no values written out.
+    (old,) = build_sft_examples([COMPARE], [path.queries], KeywordRetriever(PEOPLE), 1,
+                                cfg.model_copy(update={"mine_comparisons": False}))
+    assert "I need to compare" not in turns_text(old) and "Ada Pell: 1801" not in turns_text(old)

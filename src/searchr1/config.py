@@ -206,9 +206,10 @@ class SFTConfig(Section):
         True, description="Also try follow-ups of a name plus the question's remaining words."
     )
     mine_comparisons: bool = Field(
-        True, description="A question whose answer is one of its own names is a comparison: its mined path looks "
+        False, description="A question whose answer is one of its own names is a comparison: its mined path looks "
         "up each name it compares, and its trajectory writes out each one's deciding value (sft/mining.py). "
-        "False: the older rule (the answer's own passage is enough)."
+        "Off by default: on the demo it makes comparisons search twice but lowers the cold start's EM "
+        "(docs/results.md, issue 30). False: the older rule (the answer's own passage is enough)."
     )
     num_examples: int | None = Field(None, ge=1)
     epochs: int = Field(2, ge=1)

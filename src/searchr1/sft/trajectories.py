@@ -129,6 +129,8 @@ def build_sft_examples(
     re-searches with the path's query. With probability ``cfg.skip_hop`` a multi-hop trajectory
     answers right after a search whose passages already contain the answer. Questions whose final
     passages lack the answer are dropped: the cold start must never teach answering without evidence.
+    With ``cfg.mine_comparisons``, a comparison whose path looks up its names searches each and writes
+    out each name's deciding value before answering (``COMPARE_ANSWER``); it is never cut short.
 
     With probability ``cfg.rag_fraction`` a question also gets a retrieve-then-answer example: the rag
     template with the top-k passages for the question, then the answer (kept only when those passages
@@ -158,7 +160,8 @@ def build_sft_examples(
         searches, re_searched, skipped = 0, False, False
         docs: list[Doc] = []
         # A comparison whose path looks up its names (not the question): never answered before every lookup.
-        names = compared_names(row["question"], answers) if queries[0] != row["question"].strip() else []
+        compare = cfg.mine_comparisons and queries[0] != row["question"].strip()
+        names = compared_names(row["question"], answers) if compare else []
         shown: list[tuple[Doc, str]] = []
         for hop, query in enumerate(queries):
             last = hop == len(queries) - 1
