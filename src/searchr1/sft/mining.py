@@ -87,9 +87,6 @@ def remaining_words(question: str) -> str:
 def compared_names(question: str, answers: Sequence[str]) -> list[str]:
     """The names a question compares: all its names, when it has two or more and a gold answer is
     one of them (or within one); else [] (the question is not a comparison)."""
-    def is_answer(name: str) -> bool:
-        return mentions(name, answers) or any(mentions(a, [name]) for a in answers)
-
     exact = {_norm(a) for a in answers}
     names = []
     for name in names_in(question):
@@ -99,9 +96,14 @@ def compared_names(question: str, answers: Sequence[str]) -> list[str]:
         split = len(parts) > 1 and _norm(name) not in exact and any(_norm(p) in exact for p in parts)
         names += parts if split else [name]
     names = [_with_common_nouns(question, n) for n in names]
-    if len(names) < 2 or not any(is_answer(n) for n in names):
+    if len(names) < 2 or not any(names_answer(n, answers) for n in names):
         return []
     return names
+
+
+def names_answer(name: str, answers: Sequence[str]) -> bool:
+    """Whether ``name`` holds a gold answer or a gold answer holds it ("Tiderk" and "Tiderk winch")."""
+    return mentions(name, answers) or any(mentions(a, [name]) for a in answers)
 
 
 def _with_common_nouns(question: str, name: str) -> str:
@@ -228,7 +230,7 @@ def comparison_evidence(names: Sequence[str], path: Sequence[Hop], question: str
         found = {**looked_up(names, hop, question), **found}
     if len(found) < len(names):
         return None
-    answer_doc = next((d for n, d in found.items() if mentions(n, answers) or any(mentions(a, [n]) for a in answers)), None)
+    answer_doc = next((d for n, d in found.items() if names_answer(n, answers)), None)
     return None if answer_doc is None else (ABOUT, answer_doc.id)
 
 
