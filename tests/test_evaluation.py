@@ -217,6 +217,7 @@ def test_breakdown_by_type_and_by_searches_and_paired_differences_per_type():
 
 def test_a_type_that_falls_while_the_total_rises_is_called_out():
     from searchr1.evaluation.metrics import compare, compare_by, fallen_groups, type_group
+    from searchr1.evaluation.report import fallen_list
 
     # 40 bridge questions RL gets right (cold start wrong), 20 single-hop questions it loses.
     cold = [{"id": f"b{i}", "em": 0.0, "type": "bridge"} for i in range(40)]
@@ -228,6 +229,8 @@ def test_a_type_that_falls_while_the_total_rises_is_called_out():
     notes = fallen_groups(total, by_type, "type")
     assert notes == ["rl - cold: type single fell by -1.000 [-1.000, -1.000] on 20 questions, while the total rose by +0.333"]
     assert fallen_groups(total, {"bridge": by_type["bridge"]}, "type") == []  # a type that rose is not called out
+    assert "**A question type fell**" in fallen_list(notes) and f"- {notes[0]}" in fallen_list(notes)
+    assert fallen_list([]) == ""
 
 
 def test_question_types_file_is_validated_with_file_and_line(tmp_path):

@@ -228,7 +228,7 @@ def evaluate(settings: Settings) -> dict:
         searches_group,
         type_group,
     )
-    from searchr1.evaluation.report import bar_plot, breakdown_table, comparison_table, markdown_table
+    from searchr1.evaluation.report import bar_plot, breakdown_table, comparison_table, fallen_list, markdown_table
     from searchr1.retrieval import load_retriever
     from searchr1.rollout.engine import load_engine
     from searchr1.tracking import path_hash
@@ -290,8 +290,7 @@ def evaluate(settings: Settings) -> dict:
         summary["fallen"] = fallen_groups(summary["comparisons"], summary.get("comparisons_by_type", {}), "type")
         write_json(REPORTS / "eval.json", summary)
         table = markdown_table(results) + comparison_table(summary["comparisons"])
-        if summary["fallen"]:
-            table += "\n**A question type fell** (paired CI below 0):\n\n" + "".join(f"- {n}\n" for n in summary["fallen"])
+        table += fallen_list(summary["fallen"])
         table += breakdown_table(summary.get("by_type", {}), "type")
         for group, comparisons in summary.get("comparisons_by_type", {}).items():
             table += f"\nPaired differences on {group} questions:\n" + comparison_table(comparisons)

@@ -41,6 +41,13 @@ def comparison_table(comparisons: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def fallen_list(notes: list[str]) -> str:
+    """The question types that fell (metrics.fallen_groups) as a markdown call-out; "" when none did."""
+    if not notes:
+        return ""
+    return "\n**A question type fell** (paired CI below 0):\n\n" + "".join(f"- {n}\n" for n in notes)
+
+
 def bar_plot(results: dict[str, dict[str, dict[str, float]]], path: str | Path, metric: str = "em") -> None:
     """Bar chart of the average ``metric`` per row (model, method)."""
     import matplotlib

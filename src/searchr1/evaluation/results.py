@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from searchr1.config import TrackingConfig
-from searchr1.evaluation.report import breakdown_table, comparison_table
+from searchr1.evaluation.report import breakdown_table, comparison_table, fallen_list
 from searchr1.io import atomic_open, atomic_path, read_json
 
 # (MLflow metric key of a train step, axis label)
@@ -183,8 +183,7 @@ def write_results(
             evaluation = v.evaluation or {}
             if evaluation.get("comparisons"):
                 parts += [f"\n## Paired differences after RL: {v.label}\n", comparison_table(evaluation["comparisons"])]
-            if evaluation.get("fallen"):
-                parts += ["\n**A question type fell** (paired CI below 0):\n", "".join(f"- {n}\n" for n in evaluation["fallen"])]
+            parts += [fallen_list(evaluation.get("fallen", []))]
             if evaluation.get("by_type"):
                 parts += [f"\n## By question type after RL: {v.label}\n", breakdown_table(evaluation["by_type"], "type")]
                 for group, comparisons in evaluation.get("comparisons_by_type", {}).items():
