@@ -159,6 +159,35 @@ def test_micro_policy_has_the_copy_head_by_default(micro_tokenizer):
     assert not isinstance(plain, CopyLlamaForCausalLM)
 
 
+def test_number_features_code_each_number_token_by_its_value_and_survive_a_save(micro_tokenizer, tmp_path):
+    """Number tokens that start a word (" 1805", or " 180" where the vocabulary splits it) get a code whose
+    ramps sum to more for a larger number; other tokens and a number's later pieces get none; the values and thresholds are saved with the weights."""
+    model = build_micro_policy(PolicyConfig(micro_hidden_size=32, micro_number_features=8), micro_tokenizer).eval()
+    numbers = {t: int(micro_tokenizer.decode([t])) for t in range(len(micro_tokenizer))
+               if micro_tokenizer.decode([t])[:1] == " " and micro_tokenizer.decode([t])[1:].isdigit()}
+    assert {" 18", " 180", " 189"} <= {micro_tokenizer.decode([t]) for t in numbers}  # this small vocabulary's pieces
+    by_value = torch.tensor(sorted(numbers, key=numbers.get))
+    embed = model.model.embed_tokens
+    code = embed.number_code(by_value)
+    sums = code[:, :-1].sum(-1)
+    assert (code[:, -1] == 1).all() and (sums.diff() >= 0).all() and sums[-1] > sums[0]  # larger value, larger sum
+    words = torch.tensor(micro_tokenizer.encode(" was born in Kastrin") + micro_tokenizer.encode("5"))  # "5": no space
+    assert (embed.number_code(words) == 0).all()
+    # The code reaches the model: the same ids with the number features zeroed give other logits.
+    ids = torch.tensor([micro_tokenizer.encode(" born in 1805 and 1840")])
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        model.save_pretrained(tmp_path)
+        micro_tokenizer.save_pretrained(tmp_path)
+        loaded, _ = load_policy(str(tmp_path))
+        torch.testing.assert_close(loaded.eval()(input_ids=ids).logits, before)
+        embed.number_embed.weight.zero_()
+        assert not torch.allclose(model(input_ids=ids).logits, before)
+    plain = build_micro_policy(PolicyConfig(micro_hidden_size=32, micro_copy_head=False, micro_number_features=8),
+                               micro_tokenizer)
+    assert not hasattr(plain.model.embed_tokens, "number_code")  # part of the copy architecture only
+
+
 @torch.no_grad()
 def test_copy_head_incremental_generation_matches_full_forward():
     """The copy head's keys and token ids ride in the KV cache: cached decoding (left-padded batch)

@@ -18,7 +18,7 @@ from searchr1.sft.mining import (
     names_in,
     remaining_words,
 )
-from searchr1.sft.trajectories import build_sft_examples
+from searchr1.sft.trajectories import build_sft_examples, relation
 from tests.test_sft import KeywordRetriever, make_world, turns_text
 
 
@@ -157,13 +157,20 @@ def test_a_comparisons_trajectory_looks_up_both_names_and_writes_out_their_value
     (ex,) = build_sft_examples([COMPARE], [path.queries], KeywordRetriever(PEOPLE), 1, cfg)
     turns = turns_text(ex)
     assert ex["num_searches"] == 2 and not ex["skipped_hop"]
-    assert "I need to compare Ada Pell and Ilsa Marrow. I will look up Ada Pell first." in turns
+    # The plan of any multi-search path, then what is compared.
+    assert "searches. I will compare Ada Pell and Ilsa Marrow, Ada Pell first. </think>" in turns
+    # Each value is noted in the thought right after the block that showed it; the answer's thought writes
+    # the relation of the two values (the later-noted first) and names the winner.
+    assert "<think> Ada Pell: 1801. Next, I should search for Ilsa Marrow. </think>" in turns or (
+        "<think> Ada Pell: 1801. Now I need to find Ilsa Marrow. </think>" in turns)
     assert "<search> Ilsa Marrow </search>" in turns
-    assert turns.endswith("Ada Pell: 1801; Ilsa Marrow: 1795. So the answer is Ilsa Marrow. </think>\n"
+    assert turns.endswith("<think> Ilsa Marrow: 1795. 1795 < 1801. So the answer is Ilsa Marrow. </think>\n"
                           "<answer> Ilsa Marrow </answer>")
+    assert ex["comparison"]
+    assert relation("120,000", "95,500") == "95,500 < 120,000. " and relation("1.2.3", "7") == ""
     # A path that never showed the other side's value gives no example.
     assert build_sft_examples([COMPARE], [["Ada Pell"]], KeywordRetriever(PEOPLE), 1, cfg) == []
     # Off (the default): the older trajectory, no values written out.
     (old,) = build_sft_examples([COMPARE], [path.queries], KeywordRetriever(PEOPLE), 1,
                                 cfg.model_copy(update={"mine_comparisons": False}))
-    assert "I need to compare" not in turns_text(old) and "Ada Pell: 1801" not in turns_text(old)
+    assert "I will compare" not in turns_text(old) and "Ada Pell: 1801" not in turns_text(old)

@@ -162,6 +162,7 @@ class PolicyConfig(Section):
     micro_vocab_size: int = Field(4096, ge=256)
     micro_max_positions: int = Field(1024, ge=64)
     micro_copy_head: bool = True  # a pointer over the context (copy_llama.py); false = plain Llama
+    micro_number_features: int = Field(16, ge=0)  # > 0: number tokens carry a code of their value (copy_llama.py); 0: off
     out_dir: str = "models/base"
 
 
@@ -206,10 +207,14 @@ class SFTConfig(Section):
         True, description="Also try follow-ups of a name plus the question's remaining words."
     )
     mine_comparisons: bool = Field(
-        False, description="A question whose answer is one of its own names is a comparison: its mined path looks "
-        "up each name it compares, and its trajectory writes out each one's deciding value (sft/mining.py). "
-        "Off by default: on the demo it makes comparisons search twice but lowers the cold start's EM "
-        "(docs/results.md, issue 30). False: the older rule (the answer's own passage is enough)."
+        True, description="A question whose answer is one of its own names is a comparison: its mined path looks "
+        "up each name it compares, and its trajectory notes each one's deciding value after the search that "
+        "showed it, writes the relation of the two values, then answers (sft/mining.py, sft/trajectories.py). "
+        "False: the older rule (the answer's own passage is enough; one search per comparison)."
+    )
+    comparison_copies: int = Field(
+        4, ge=1, description="Times each comparison trajectory appears in the cold start (with mine_comparisons): "
+        "the judgement is learnt from a few hundred questions, a small share of the data."
     )
     num_examples: int | None = Field(None, ge=1)
     epochs: int = Field(2, ge=1)
@@ -261,6 +266,10 @@ class TrainConfig(Section):
     )
     lr: float = Field(1e-6, gt=0)
     critic_lr: float = Field(1e-5, gt=0)
+    critic_warmup: int = Field(
+        0, ge=0, description="PPO: steps at the start that train only the critic (verl's critic_warmup), so the "
+        "actor's first advantages come from values fitted to its returns, not from a fresh value head.",
+    )
     warmup_steps: int = Field(0, ge=0)
     lr_schedule: Literal["constant", "linear", "cosine"] = Field(
         "constant",

@@ -35,10 +35,53 @@ CACHE_ARG = "cache" if "cache" in inspect.signature(LlamaModel.forward).paramete
 class CopyLlamaConfig(LlamaConfig):
     model_type = "searchr1_copy_llama"
 
-    def __init__(self, copy_head_dim: int = 64, copy_induction_init: float = 4.0, **kwargs):
+    def __init__(self, copy_head_dim: int = 64, copy_induction_init: float = 4.0, number_features: int = 0, **kwargs):
         self.copy_head_dim = copy_head_dim
         self.copy_induction_init = copy_induction_init
+        self.number_features = number_features  # > 0: number tokens carry their value (``set_number_tokens``)
         super().__init__(**kwargs)
+
+
+class NumberedEmbedding(torch.nn.Embedding):
+    """Token embeddings where a token that is a number also carries a code of its value.
+
+    A comparison ("born earlier, A or B?") judges two copied numbers. A year is one token whose
+    embedding, trained on a few hundred comparisons, never learns its place in the order; so each number
+    token adds a learnt projection of a thermometer code of its value (ramps between quantiles of the
+    vocabulary's numbers, whose sum grows with the value): "larger" becomes a direction in the
+    embedding. Its weight stays ``.weight``, so the tied LM head is unchanged.
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None, features: int):
+        super().__init__(num_embeddings, embedding_dim, padding_idx)
+        self.register_buffer("number_values", torch.full((num_embeddings,), -1.0))  # -1: not a number
+        self.register_buffer("number_thresholds", torch.linspace(0, 1, features + 1))
+        self.number_embed = torch.nn.Linear(features + 1, embedding_dim, bias=False)
+
+    def set_number_tokens(self, tokenizer) -> int:
+        """Mark the tokens that are a number starting a word (" 1825", or " 180" where the vocabulary splits
+        "1805") with their values and put the thresholds at their quantiles; returns how many."""
+        values = torch.full((self.num_embeddings,), -1.0)
+        for token_id in range(min(len(tokenizer), self.num_embeddings)):
+            text = tokenizer.decode([token_id])
+            if text.startswith(" ") and text[1:].isdigit() and len(text) <= 8:
+                values[token_id] = float(text[1:])
+        numbers = values[values >= 0]
+        self.number_values.copy_(values)
+        if len(numbers):  # none (a corpus without numbers): every code stays 0
+            self.number_thresholds.copy_(torch.quantile(numbers, torch.linspace(0, 1, len(self.number_thresholds))))
+        return len(numbers)
+
+    def number_code(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(..., features + 1): the ramps and a number flag; zeros for other tokens."""
+        v = self.number_values[input_ids][..., None]
+        lo, hi = self.number_thresholds[:-1], self.number_thresholds[1:]
+        ramps = ((v - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1)
+        return torch.cat([ramps, torch.ones_like(v)], dim=-1) * (v >= 0).to(ramps.dtype)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        embeds = super().forward(input_ids)
+        return embeds + self.number_embed(self.number_code(input_ids).to(embeds.dtype))
 
 
 class CopyLlamaForCausalLM(LlamaForCausalLM):
@@ -57,6 +100,10 @@ class CopyLlamaForCausalLM(LlamaForCausalLM):
         # Weight of the induction term: how much pointing prefers the token after an earlier copy of
         # the current token, which is how a multi-token name is copied on after its first token.
         self.copy_induction = torch.nn.Parameter(torch.tensor([float(config.copy_induction_init)]))  # 1-d: DeepSpeed broadcasts no 0-d tensors
+        if config.number_features:  # inside the backbone, so the critic's copy of it sees the codes too
+            old = self.model.embed_tokens
+            self.model.embed_tokens = NumberedEmbedding(old.num_embeddings, old.embedding_dim, old.padding_idx,
+                                                        config.number_features)
         self.post_init()
 
     def _copy_layer(self, cache) -> int:

@@ -3,6 +3,7 @@ parameter Llama model trained from scratch by the cold start."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import torch
 
 from searchr1.io import iter_jsonl
 from searchr1.prompts import INVALID_ACTION_MESSAGE, TAGS, TEMPLATES
+
+log = logging.getLogger(__name__)
 
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
 
@@ -71,8 +74,12 @@ def build_micro_policy(cfg, tokenizer):
         raise ValueError(
             f"policy.micro_hidden_size={cfg.micro_hidden_size} is not divisible by policy.micro_heads={cfg.micro_heads}"
         )
+    if cfg.micro_number_features and not cfg.micro_copy_head:
+        log.warning("policy.micro_number_features is part of the copy_llama architecture: off with micro_copy_head=false")
     config_cls, model_cls = (CopyLlamaConfig, CopyLlamaForCausalLM) if cfg.micro_copy_head else (LlamaConfig, LlamaForCausalLM)
+    extra = {"number_features": cfg.micro_number_features} if cfg.micro_copy_head else {}
     config = config_cls(
+        **extra,
         vocab_size=len(tokenizer),
         hidden_size=cfg.micro_hidden_size,
         intermediate_size=cfg.micro_hidden_size * 8 // 3,  # Llama's SwiGLU ratio
@@ -86,6 +93,9 @@ def build_micro_policy(cfg, tokenizer):
         pad_token_id=tokenizer.pad_token_id,
     )
     model = model_cls(config)
+    if cfg.micro_number_features and cfg.micro_copy_head:
+        found = model.model.embed_tokens.set_number_tokens(tokenizer)
+        log.info("micro policy: %d number tokens carry a code of their value", found)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model

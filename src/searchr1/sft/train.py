@@ -248,6 +248,7 @@ def run_sft(
             rows, paths, retriever, topk, cfg, seed=settings.seed, template=rollout.template,
             observe=observe, rag_context=rag_context,
         )
+        records += [r for r in records if r.get("comparison")] * (cfg.comparison_copies - 1)
         tokenized = [tokenize_example(ex["segments"], tokenizer, max_len) for ex in records]
         # A turn the rollout cannot finish within max_turn_tokens would teach an action the policy
         # can never complete: such examples are left out (and counted).

@@ -41,10 +41,13 @@ NEXT_SEARCH = (
     "<think> Now I need to find {q}. </think>\n<search> {q} </search>",
     "<think> Next, I should search for {q}. </think>\n<search> {q} </search>",
 )
-# A comparison (sft/mining.py ``compared_names``) looks up each name, then writes out the value that decides
-# for each ("A: 1923; B: 1931") before answering: the judgement is made from values side by side.
-COMPARE_FIRST = "<think> I need to compare {names}. I will look up {q} first. </think>\n<search> {q} </search>"
-COMPARE_ANSWER = "<think> {facts} So the answer is {a}. </think>\n<answer> {a} </answer>"
+# A comparison (sft/mining.py ``compared_names``) looks up each name. The turn after a passage shows a
+# name's deciding value notes it ("A: 1923."), copied from the block just read: restated later, next to
+# another "name:", the copy head took the nearer value. The answer's thought then writes the relation
+# of the two values ("1931 > 1923.") before naming the winner (``relation``). Its first thought states
+# the same plan as any other multi-search path, then what it compares.
+COMPARE_PLAN = " I will compare {names}, {q} first. </think>"
+COMPARE_ANSWER = "<think> So the answer is {a}. </think>\n<answer> {a} </answer>"
 RE_SEARCH = "<think> The information does not help. I will search again. </think>\n<search> {q} </search>"
 ANSWER = "<think> The information shows that the answer is {a}. </think>\n<answer> {a} </answer>"
 
@@ -54,18 +57,32 @@ def contains_answer(docs: Sequence[Doc], answers: Sequence[str]) -> bool:
     return mentions(" ".join(d.contents for d in docs), answers)
 
 
-def comparison_facts(names: Sequence[str], shown: Sequence[tuple[Doc, str]], question: str) -> list[str] | None:
-    """For each compared name, "name: value" from the deciding sentence of the first passage about it
-    that the policy was shown (``shown``: each passage with the information block it appeared in);
-    None if one is missing."""
-    facts = []
+def new_facts(names: Sequence[str], noted: dict[str, str], docs: Sequence[Doc], block: str, question: str) -> str:
+    """Note, in ``noted``, each compared name not yet noted whose deciding value the information ``block``
+    (showing ``docs``) holds, and return the notes as the next thought's opening ("A: 1923. ")."""
+    notes = []
     for name in names:
-        doc = passage_about(name, [d for d, _ in shown], question)
+        doc = None if name in noted else passage_about(name, docs, question)
         sentence = doc and deciding_sentence(doc.text, question)
-        if not sentence or not any(sentence in block for d, block in shown if d.id == doc.id):
-            return None  # not found, or cut from what the policy was shown
-        facts.append(f"{name}: {deciding_value(sentence, question)}")
-    return facts
+        if sentence and sentence in block:  # not cut from what the policy was shown
+            noted[name] = deciding_value(sentence, question)
+            notes.append(f"{name}: {noted[name]}. ")
+    return "".join(notes)
+
+
+def relation(first: str, second: str) -> str:
+    """The two noted values compared, the later-noted first ("1758 < 1825. "): a judgement between two
+    adjacent numbers, which a small model learns, where naming the winner straight away it did not."""
+    try:
+        a, b = (float(v.replace(",", "")) for v in (first, second))
+    except ValueError:  # "1.2.3": not a number to compare
+        return ""
+    return f"{second} {'<' if b < a else '>' if b > a else '='} {first}. "
+
+
+def with_notes(turn: str, notes: str) -> str:
+    """``turn`` with ``notes`` opening its thought."""
+    return turn.replace("<think> ", f"<think> {notes}", 1)
 
 
 def _full_information(docs: Sequence[Doc]) -> str:
@@ -129,8 +146,9 @@ def build_sft_examples(
     re-searches with the path's query. With probability ``cfg.skip_hop`` a multi-hop trajectory
     answers right after a search whose passages already contain the answer. Questions whose final
     passages lack the answer are dropped: the cold start must never teach answering without evidence.
-    With ``cfg.mine_comparisons``, a comparison whose path looks up its names searches each and writes
-    out each name's deciding value before answering (``COMPARE_ANSWER``); it is never cut short.
+    With ``cfg.mine_comparisons``, a comparison whose path looks up its names searches each, notes each
+    name's deciding value after the block that showed it, and writes their relation before answering
+    (``COMPARE_ANSWER``); it is never cut short, and its example is marked ``comparison``.
 
     With probability ``cfg.rag_fraction`` a question also gets a retrieve-then-answer example: the rag
     template with the top-k passages for the question, then the answer (kept only when those passages
@@ -162,40 +180,42 @@ def build_sft_examples(
         # A comparison whose path looks up its names (not the question): never answered before every lookup.
         compare = cfg.mine_comparisons and queries[0] != row["question"].strip()
         names = compared_names(row["question"], answers) if compare else []
-        shown: list[tuple[Doc, str]] = []
+        noted: dict[str, str] = {}
+        notes = ""  # the values the last information block showed, opening the next thought
         for hop, query in enumerate(queries):
             last = hop == len(queries) - 1
             if hop:
                 turn = rng.choice(NEXT_SEARCH)
             elif names:
-                turn = COMPARE_FIRST.replace("{names}", " and ".join(names))
+                plan = COMPARE_PLAN.replace("{names}", " and ".join(names))
+                turn = rng.choice(SEARCH_QUESTION[True]).replace(" </think>", plan, 1)
             elif query == row["question"].strip():
                 turn = rng.choice(SEARCH_QUESTION[len(queries) > 1])
             else:
                 turn = rng.choice(FIRST_SEARCH)
             if hop == 0 and noisy:
                 docs = results[noisy]
-                segments += [(turn.format(q=noisy), True), (observe(docs), False)]
-                shown += [(d, segments[-1][0]) for d in docs]
+                segments += [(with_notes(turn.format(q=noisy), notes), True), (observe(docs), False)]
+                notes = new_facts(names, noted, docs, segments[-1][0], row["question"])
                 searches += 1
                 gold_top = {d.id for d in results[query][:1]}
                 if (contains_answer(docs, answers) if last else bool(gold_top & {d.id for d in docs})):
                     continue  # the imperfect query happened to work: go on from its passages
                 turn, re_searched = RE_SEARCH, True
             docs = results[query]
-            segments += [(turn.format(q=query), True), (observe(docs), False)]
-            shown += [(d, segments[-1][0]) for d in docs]
+            segments += [(with_notes(turn.format(q=query), notes), True), (observe(docs), False)]
+            notes = new_facts(names, noted, docs, segments[-1][0], row["question"])
             searches += 1
             if not last and skip and not names and mentions(segments[-1][0], answers):
                 skipped = True
                 break
         if names:
-            facts = comparison_facts(names, shown, row["question"])
-            seen = " ".join(dict.fromkeys(block for _, block in shown))
-            if facts is None or not mentions(seen, answers):
-                continue
+            seen = " ".join(text for text, trainable in segments[1:] if not trainable)
+            if len(noted) < len(names) or not mentions(seen, answers):
+                continue  # a value not shown (or cut): nothing to judge from
             answer = next(a for a in answers if mentions(seen, [a]))
-            segments.append((COMPARE_ANSWER.format(facts="; ".join(facts) + ".", a=answer), True))
+            judged = notes + relation(*(noted[n] for n in names))
+            segments.append((with_notes(COMPARE_ANSWER.format(a=answer), judged), True))
         else:
             if not mentions(segments[-1][0], answers):  # as shown: a truncated passage may have lost it
                 continue
@@ -212,6 +232,7 @@ def build_sft_examples(
                 "noisy_query": noisy is not None,
                 "re_searched": re_searched,
                 "skipped_hop": skipped,
+                "comparison": bool(names),
             }
         )
     for row in rag_rows:
