@@ -47,6 +47,21 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, 
     return out * mask
 
 
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 - Var(returns - values) / Var(returns) over the masked entries of every rank: 1 when the critic
+    predicts the returns, 0 when it does no better than their mean, negative when worse."""
+    from searchr1.distributed import all_reduce_sum
+
+    m, v, r = mask.to(torch.float64), values.to(torch.float64), returns.to(torch.float64)
+    err = r - v
+    n, sr, srr, se, see = all_reduce_sum(torch.stack([m.sum(), (r * m).sum(), (r * r * m).sum(), (err * m).sum(),
+                                                      (err * err * m).sum()])).tolist()
+    if n < 2:
+        return 0.0
+    var_r, var_e = srr / n - (sr / n) ** 2, see / n - (se / n) ** 2
+    return 1.0 - var_e / var_r if var_r > 1e-12 else 0.0
+
+
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "low_var_kl") -> torch.Tensor:
     """Per-token KL(pi || ref) estimate; k1 = logp - ref, k3 = exp(ref - logp) - (ref - logp) - 1."""
     if kind == "k1":

@@ -37,7 +37,7 @@ from searchr1.models.precision import resolve_dtype
 from searchr1.rl import deepspeed_engines as ds
 from searchr1.rl.actor import Actor
 from searchr1.rl.batch import Batch, collate
-from searchr1.rl.core import kl_penalty
+from searchr1.rl.core import explained_variance, kl_penalty
 from searchr1.rl.critic import Critic, build_value_model
 from searchr1.rl.grpo import group_advantages, informative_rows
 from searchr1.rl.guard import CollapseGuard
@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 RolloutFn = Callable[[torch.nn.Module, list[Any], int], list[Sample]]
 # The update statistics every step logs (0 where no row was trained on), summed over ranks' shares.
 UPDATE_KEYS = ("policy_loss", "kl_loss", "clip_frac", "approx_kl", "entropy", "kl")
-CRITIC_KEYS = ("value_loss", "value_clip_frac")
+CRITIC_KEYS = ("value_loss", "value_clip_frac", "explained_variance")
 
 
 class CollapseError(SearchR1Error, RuntimeError):
@@ -171,6 +171,8 @@ class RLTrainer:
         if cfg.algorithm == "ppo":
             batch.old_values = self.critic.values(batch).to(self.device)
             advantages, batch.returns = compute_gae(rewards, batch.old_values, self.critic.mask(batch), cfg.gamma, cfg.lam)
+            # How much of the returns' variance the critic explains before this step's update.
+            scores["explained_variance"] = explained_variance(batch.old_values, batch.returns, self.critic.mask(batch))
             batch.advantages = advantages * batch.loss_mask
         elif cfg.algorithm == "grpo":
             batch.advantages = group_advantages(batch.rewards, batch.group_ids).to(self.device)[:, None] * batch.loss_mask
@@ -207,10 +209,11 @@ class RLTrainer:
         keys = UPDATE_KEYS + (CRITIC_KEYS if self.critic is not None else ())
         totals = torch.zeros(len(keys), dtype=torch.float64)
         grad_norms = []
+        train_actor = self.critic is None or self.step >= self.cfg.critic_warmup
         for epoch in minibatches:
             for rows in epoch:
                 minibatch = batch.select(rows)
-                stats = self.actor.update(minibatch)
+                stats = self.actor.update(minibatch) if train_actor else {"grad_norm": 0.0}
                 if self.critic is not None:
                     stats |= self.critic.update(minibatch)
                 grad_norms.append(stats.pop("grad_norm"))
