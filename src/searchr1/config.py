@@ -270,6 +270,10 @@ class TrainConfig(Section):
         0, ge=0, description="PPO: steps at the start that train only the critic (verl's critic_warmup), so the "
         "actor's first advantages come from values fitted to its returns, not from a fresh value head.",
     )
+    critic_epochs: int | None = Field(
+        None, ge=1, description="PPO: passes of minibatch updates the critic makes per step (verl's critic.ppo_epochs); "
+        "None: train.ppo_epochs. More passes fit the values without moving the actor further.",
+    )
     warmup_steps: int = Field(0, ge=0)
     lr_schedule: Literal["constant", "linear", "cosine"] = Field(
         "constant",

@@ -191,36 +191,40 @@ class RLTrainer:
         t_sync = time.perf_counter() - t_sync
         return self._finish_step(samples, rows, stats | scores, t0, t_rollout, t_update, t_sync)
 
-    def _minibatches(self, local_rows: int) -> list[list[list[int]]]:
-        """Per epoch, this rank's rows in shuffled minibatches of about ``train.minibatch_size`` rows over
-        all ranks, each with at least one row per accumulation step (ranks hold equal row counts)."""
+    def _minibatches(self, local_rows: int, epochs: int | None = None) -> list[list[list[int]]]:
+        """Per epoch (``train.ppo_epochs`` unless given), this rank's rows in shuffled minibatches of about
+        ``train.minibatch_size`` rows over all ranks, each with at least one row per accumulation step
+        (ranks hold equal row counts)."""
         cfg, gas = self.cfg, self.cfg.deepspeed.gradient_accumulation_steps
         n = max(1, min(round(local_rows * self.world_size / cfg.minibatch_size), local_rows // gas))
-        epochs = []
-        for epoch in range(cfg.ppo_epochs):
+        out = []
+        for epoch in range(epochs or cfg.ppo_epochs):
             # Shuffle from (seed, step, epoch, rank) alone, so a resumed run shuffles identically.
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step * 1009 + epoch * 31 + self.rank)
             perm = torch.randperm(local_rows, generator=gen)
-            epochs.append([part.tolist() for part in torch.tensor_split(perm, n)])
-        return epochs
+            out.append([part.tolist() for part in torch.tensor_split(perm, n)])
+        return out
 
     def _update(self, batch: Batch, minibatches: list[list[list[int]]]) -> dict[str, float]:
-        """Every minibatch's update, with statistics summed over ranks and averaged over minibatches."""
-        keys = UPDATE_KEYS + (CRITIC_KEYS if self.critic is not None else ())
-        totals = torch.zeros(len(keys), dtype=torch.float64)
-        grad_norms = []
-        train_actor = self.critic is None or self.step >= self.cfg.critic_warmup
-        for epoch in minibatches:
-            for rows in epoch:
-                minibatch = batch.select(rows)
-                stats = self.actor.update(minibatch) if train_actor else {"grad_norm": 0.0}
-                if self.critic is not None:
-                    stats |= self.critic.update(minibatch)
-                grad_norms.append(stats.pop("grad_norm"))
-                totals += torch.tensor([stats.get(k, 0.0) for k in keys], dtype=torch.float64)
-        n = sum(len(epoch) for epoch in minibatches)
-        totals = dist.all_reduce_sum(totals) / n  # each rank's share of a minibatch's mean adds up to it
-        return dict(zip(keys, totals.tolist())) | {"grad_norm": float(np.mean(grad_norms))}
+        """The actor's minibatch updates, then the critic's (``train.critic_epochs`` passes), with
+        statistics summed over ranks and averaged over each role's minibatches."""
+        cfg = self.cfg
+        stats = dict.fromkeys(UPDATE_KEYS, 0.0) | {"grad_norm": 0.0}
+        if self.critic is None or self.step >= cfg.critic_warmup:  # PPO's first steps may fit only the critic
+            stats = self._average(UPDATE_KEYS, [self.actor.update(batch.select(rows)) for e in minibatches for rows in e])
+        if self.critic is not None:
+            passes = self._minibatches(len(batch), cfg.critic_epochs) if cfg.critic_epochs else minibatches
+            stats |= self._average(CRITIC_KEYS, [self.critic.update(batch.select(rows)) for e in passes for rows in e])
+        return stats
+
+    @staticmethod
+    def _average(keys: tuple[str, ...], updates: list[dict[str, float]]) -> dict[str, float]:
+        """Each key's mean over the updates, summed over ranks (each rank's share of a minibatch's mean adds
+        up to it); grad_norm, where present, is this rank's mean."""
+        totals = torch.tensor([[u.get(k, 0.0) for k in keys] for u in updates], dtype=torch.float64).sum(0)
+        out = dict(zip(keys, (dist.all_reduce_sum(totals) / len(updates)).tolist()))
+        norms = [u["grad_norm"] for u in updates if "grad_norm" in u]
+        return out | ({"grad_norm": float(np.mean(norms))} if norms else {})
 
     def _finish_step(self, samples: list[Sample], trained: int, stats: dict, t0: float, t_rollout: float,
                      t_update: float, t_sync: float) -> dict[str, float]:
