@@ -22,8 +22,10 @@ class CollapseGuard:
 
     def check(self, metrics: dict[str, float]) -> list[str]:
         reasons = []
-        # Entropy and KL are measured on the rows trained on: a step that trained on none has neither.
-        if metrics.get("samples_trained", 1.0) > 0 and metrics["entropy"] < self.min_entropy:
+        # Entropy and KL are measured on the rows the actor trained on: a step that trained on none (or
+        # only the critic, train.critic_warmup) has neither.
+        measured = metrics.get("samples_trained", 1.0) > 0 and metrics.get("actor_trained", 1.0) > 0
+        if measured and metrics["entropy"] < self.min_entropy:
             reasons.append(f"entropy collapsed: {metrics['entropy']:.4g} < {self.min_entropy} (train.collapse_min_entropy)")
         if metrics["kl"] > self.max_kl:
             reasons.append(f"KL exploded: {metrics['kl']:.4g} > {self.max_kl} (train.collapse_max_kl)")

@@ -209,9 +209,10 @@ class RLTrainer:
         """The actor's minibatch updates, then the critic's (``train.critic_epochs`` passes), with
         statistics summed over ranks and averaged over each role's minibatches."""
         cfg = self.cfg
-        stats = dict.fromkeys(UPDATE_KEYS, 0.0) | {"grad_norm": 0.0}
+        stats = dict.fromkeys(UPDATE_KEYS, 0.0) | {"grad_norm": 0.0, "actor_trained": 0.0}
         if self.critic is None or self.step >= cfg.critic_warmup:  # PPO's first steps may fit only the critic
             stats = self._average(UPDATE_KEYS, [self.actor.update(batch.select(rows)) for e in minibatches for rows in e])
+            stats["actor_trained"] = 1.0
         if self.critic is not None:
             passes = self._minibatches(len(batch), cfg.critic_epochs) if cfg.critic_epochs else minibatches
             stats |= self._average(CRITIC_KEYS, [self.critic.update(batch.select(rows)) for e in passes for rows in e])
@@ -240,7 +241,7 @@ class RLTrainer:
         ], dtype=torch.float64)).tolist()
         n, reward, reward_sq, score, tokens, generated, searches, invalid, finished = sums
         variance = (reward_sq - reward * reward / n) / (n - 1) if n > 1 else 0.0
-        untrained = UPDATE_KEYS + ("grad_norm",) + (CRITIC_KEYS if self.critic is not None else ())
+        untrained = UPDATE_KEYS + ("grad_norm", "actor_trained") + (CRITIC_KEYS if self.critic is not None else ())
         return {
             "reward_mean": reward / n,
             "reward_std": max(variance, 0.0) ** 0.5,
