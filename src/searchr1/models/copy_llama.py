@@ -38,7 +38,7 @@ class CopyLlamaConfig(LlamaConfig):
     def __init__(self, copy_head_dim: int = 64, copy_induction_init: float = 4.0, number_features: int = 0, **kwargs):
         self.copy_head_dim = copy_head_dim
         self.copy_induction_init = copy_induction_init
-        self.number_features = number_features  # > 0: number tokens carry their value (``set_number_tokens``)
+        self.number_features = number_features  # > 0: number tokens carry a code of their value (NumberedEmbedding)
         super().__init__(**kwargs)
 
 

@@ -77,7 +77,8 @@ def build_micro_policy(cfg, tokenizer):
     if cfg.micro_number_features and not cfg.micro_copy_head:
         log.warning("policy.micro_number_features is part of the copy_llama architecture: off with micro_copy_head=false")
     config_cls, model_cls = (CopyLlamaConfig, CopyLlamaForCausalLM) if cfg.micro_copy_head else (LlamaConfig, LlamaForCausalLM)
-    extra = {"number_features": cfg.micro_number_features} if cfg.micro_copy_head else {}
+    number_features = cfg.micro_number_features if cfg.micro_copy_head else 0
+    extra = {"number_features": number_features} if cfg.micro_copy_head else {}
     config = config_cls(
         **extra,
         vocab_size=len(tokenizer),
@@ -93,7 +94,7 @@ def build_micro_policy(cfg, tokenizer):
         pad_token_id=tokenizer.pad_token_id,
     )
     model = model_cls(config)
-    if cfg.micro_number_features and cfg.micro_copy_head:
+    if number_features:
         found = model.model.embed_tokens.set_number_tokens(tokenizer)
         log.info("micro policy: %d number tokens carry a code of their value", found)
     model.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 RolloutFn = Callable[[torch.nn.Module, list[Any], int], list[Sample]]
 # The update statistics every step logs (0 where no row was trained on), summed over ranks' shares.
 UPDATE_KEYS = ("policy_loss", "kl_loss", "clip_frac", "approx_kl", "entropy", "kl")
-CRITIC_KEYS = ("value_loss", "value_clip_frac", "explained_variance")
+CRITIC_KEYS = ("value_loss", "value_clip_frac")
 
 
 class CollapseError(SearchR1Error, RuntimeError):
@@ -241,7 +241,8 @@ class RLTrainer:
         ], dtype=torch.float64)).tolist()
         n, reward, reward_sq, score, tokens, generated, searches, invalid, finished = sums
         variance = (reward_sq - reward * reward / n) / (n - 1) if n > 1 else 0.0
-        untrained = UPDATE_KEYS + ("grad_norm", "actor_trained") + (CRITIC_KEYS if self.critic is not None else ())
+        critic = CRITIC_KEYS + ("explained_variance",) if self.critic is not None else ()  # the last: a score, not an update's
+        untrained = UPDATE_KEYS + ("grad_norm", "actor_trained") + critic
         return {
             "reward_mean": reward / n,
             "reward_std": max(variance, 0.0) ** 0.5,
