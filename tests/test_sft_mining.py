@@ -18,7 +18,8 @@ from searchr1.sft.mining import (
     names_in,
     remaining_words,
 )
-from searchr1.sft.trajectories import build_sft_examples, relation
+from searchr1.sft.train import comparison_copies
+from searchr1.sft.trajectories import build_sft_examples, relation, swapped
 from tests.test_sft import KeywordRetriever, make_world, turns_text
 
 
@@ -170,6 +171,32 @@ def test_a_comparisons_trajectory_looks_up_both_names_and_writes_out_their_value
     assert relation("120,000", "95,500") == "95,500 < 120,000. " and relation("1.2.3", "7") == ""
     # A path that never showed the other side's value gives no example.
     assert build_sft_examples([COMPARE], [["Ada Pell"]], KeywordRetriever(PEOPLE), 1, cfg) == []
+
+
+def test_half_the_comparison_copies_ask_with_the_names_swapped():
+    (path,) = mine_paths([COMPARE["question"]], [COMPARE["golden_answers"]], KeywordRetriever(PEOPLE), 1,
+                         show=lambda d: d)
+    cfg = SFTConfig(query_noise=0.0, skip_hop=0.0, rag_fraction=0.0, mine_comparisons=True, comparison_copies=4)
+
+    def build(rows, paths):
+        return build_sft_examples(rows, paths, KeywordRetriever(PEOPLE), 1, cfg)
+
+    records = build([COMPARE], [path.queries])
+    extra = comparison_copies(records, [COMPARE], [path.queries], cfg, build)
+    assert [r["id"] for r in records + extra] == ["q", "q", "q#swapped", "q#swapped"]
+    swap = extra[-1]
+    assert swap["question"] == "Who was born earlier, Ilsa Marrow or Ada Pell?" and swap["comparison"]
+    # The same answer, judged from the values noted in the other order.
+    turns = turns_text(swap)
+    assert "I will compare Ilsa Marrow and Ada Pell, Ilsa Marrow first. </think>" in turns
+    assert turns.endswith("<think> Ada Pell: 1801. 1801 > 1795. So the answer is Ilsa Marrow. </think>\n"
+                          "<answer> Ilsa Marrow </answer>")
+    assert swapped({"id": "x", "question": "Is the Tiderk winch older than the Zorb press?"},
+                   ["Tiderk winch", "Zorb press"])["question"] == "Is the Zorb press older than the Tiderk winch?"
+    # Without swaps: the same trajectory, repeated.
+    same = comparison_copies(records, [COMPARE], [path.queries], cfg.model_copy(update={"comparison_swaps": False}),
+                             build)
+    assert same == records * 3
     # Off (the default): the older trajectory, no values written out.
     (old,) = build_sft_examples([COMPARE], [path.queries], KeywordRetriever(PEOPLE), 1,
                                 cfg.model_copy(update={"mine_comparisons": False}))

@@ -216,6 +216,10 @@ class SFTConfig(Section):
         4, ge=1, description="Times each comparison trajectory appears in the cold start (with mine_comparisons): "
         "the judgement is learnt from a few hundred questions, a small share of the data."
     )
+    comparison_swaps: bool = Field(
+        True, description="Half of the comparison copies ask with the two names swapped and look them up in the "
+        "other order: the answer then follows from the values, not from which name the question put first."
+    )
     num_examples: int | None = Field(None, ge=1)
     epochs: int = Field(2, ge=1)
     lr: float = Field(1e-3, gt=0)

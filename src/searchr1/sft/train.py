@@ -22,8 +22,8 @@ from searchr1.prompts import encode_prompt, format_passages
 from searchr1.retrieval.base import Retriever
 from searchr1.rollout.loop import fit_docs, fit_passages
 from searchr1.rollout.types import Sample
-from searchr1.sft.mining import mine_paths, mining_report
-from searchr1.sft.trajectories import build_sft_examples, gold_queries
+from searchr1.sft.mining import compared_names, mine_paths, mining_report
+from searchr1.sft.trajectories import build_sft_examples, gold_queries, swapped
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +197,22 @@ def train_on_examples(
             "first_loss": losses[0] if losses else float("nan"), "final_loss": losses[-1] if losses else float("nan")}
 
 
+def comparison_copies(records: list[dict], rows: Sequence[dict], paths: Sequence, cfg, build) -> list[dict]:
+    """The extra copies of the comparison trajectories (``sft.comparison_copies`` in all). With
+    ``sft.comparison_swaps`` half of them ask with the two names swapped, looked up in the other order
+    (``swapped``): the same question's answer then follows from the values, not from the names' order."""
+    compared = [r for r in records if r.get("comparison")]
+    if not cfg.comparison_swaps:
+        return compared * (cfg.comparison_copies - 1)
+    ids = {r["id"] for r in compared}
+    pairs = [(row, path) for row, path in zip(rows, paths) if row["id"] in ids]
+    names = [compared_names(row["question"], [str(a) for a in row["golden_answers"]]) for row, _ in pairs]
+    pairs = [(swapped(row, n), list(reversed(path))) for (row, path), n in zip(pairs, names) if len(n) == 2]
+    swaps = [r for r in build([r for r, _ in pairs], [p for _, p in pairs]) if r.get("comparison")]
+    originals = (cfg.comparison_copies + 1) // 2
+    return compared * (originals - 1) + swaps * (cfg.comparison_copies - originals)
+
+
 def run_sft(
     settings, base_dir: str | Path, qa_train_path: str | Path, retriever: Retriever | None, out_dir: str | Path,
     log_fn: LogFn | None = None, rollout_fn: RolloutFn | None = None,
@@ -244,11 +260,12 @@ def run_sft(
             mining = mining_report(rows, mined)
         else:
             paths = [gold_queries(r) for r in rows]
-        records = build_sft_examples(
-            rows, paths, retriever, topk, cfg, seed=settings.seed, template=rollout.template,
-            observe=observe, rag_context=rag_context,
-        )
-        records += [r for r in records if r.get("comparison")] * (cfg.comparison_copies - 1)
+        def build(rows, paths):
+            return build_sft_examples(rows, paths, retriever, topk, cfg, seed=settings.seed, template=rollout.template,
+                                      observe=observe, rag_context=rag_context)
+
+        records = build(rows, paths)
+        records += comparison_copies(records, rows, paths, cfg, build)
         tokenized = [tokenize_example(ex["segments"], tokenizer, max_len) for ex in records]
         # A turn the rollout cannot finish within max_turn_tokens would teach an action the policy
         # can never complete: such examples are left out (and counted).

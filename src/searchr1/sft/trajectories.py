@@ -9,6 +9,7 @@ what it learns to write.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable, Sequence
 
 from tqdm import tqdm
@@ -78,6 +79,15 @@ def relation(first: str, second: str) -> str:
     except ValueError:  # "1.2.3": not a number to compare
         return ""
     return f"{second} {'<' if b < a else '>' if b > a else '='} {first}. "
+
+
+def swapped(row: dict, names: Sequence[str]) -> dict:
+    """``row`` with its two compared names trading places in the question ("A or B?" -> "B or A?"): the
+    same answer from values in the other order, so the judgement cannot lean on which name came first."""
+    first, second = names
+    question = re.sub(f"{re.escape(first)}|{re.escape(second)}", lambda m: second if m.group(0) == first else first,
+                      row["question"])
+    return {**row, "id": f"{row['id']}#swapped", "question": question}
 
 
 def with_notes(turn: str, notes: str) -> str:
