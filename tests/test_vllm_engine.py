@@ -88,6 +88,44 @@ def test_token_ids_end_at_the_stop_string_exactly_where_the_hf_engine_cuts_them(
     assert stop in smol.decode(theirs.token_ids, skip_special_tokens=False)
 
 
+def test_a_lora_trainer_loads_the_merged_weights_into_the_engine_after_every_update(smol, engine, tmp_path):
+    """train.lora with vLLM rollouts: each sync loads base + adapter, merged per layer, under the plain model's
+    names; the engine's greedy continuation is then the HF engine's on the actor with its live adapters."""
+    from searchr1.config import DeepSpeedConfig, LoraConfig, TrainConfig
+    from searchr1.rl.trainer import RLTrainer
+    from searchr1.rollout.types import Sample
+
+    prompts = vs.probe_prompts(smol)
+    before = vs.probe(engine, smol)
+    items = [{"id": f"q{i}", "prompt_ids": p} for i, p in enumerate(prompts[:2])]
+    synced = []
+
+    def rollout(module, requests, step):
+        seeds = [1000 * step + k for k in range(len(requests))]
+        gens = engine.generate([r["prompt_ids"] for r in requests], 4, SamplingSettings(temperature=1.0), seeds=seeds)
+        return [Sample(uid=f"{r['id']}#{k}", group_id=r["id"], question="", golden_answers=[], prompt_ids=r["prompt_ids"],
+                       response_ids=g.token_ids, response_mask=[1] * len(g.token_ids), reward=float(g.token_ids[0] % 2),
+                       finished=True)
+                for k, (r, g) in enumerate(zip(requests, gens))]
+
+    def sync(buckets):
+        engine.update_weights(buckets)
+        synced.append((vs.probe(engine, smol), vs.probe(HFEngine(trainer.actor.engine.module, smol), smol)))
+
+    cfg = TrainConfig(
+        algorithm="grpo", steps=2, prompts_per_step=2, num_generations=2, minibatch_size=4, lr=0.1, kl_coef=0.0,
+        entropy_coef=0.0, out_dir=str(tmp_path / "ckpt"), final_dir=str(tmp_path / "final"),
+        deepspeed=DeepSpeedConfig(zero_stage=2, max_grad_norm=1e6), lora=LoraConfig(enabled=True, rank=8),
+    )
+    trainer = RLTrainer(Settings(train=cfg), vs.tiny_llama(smol, seed=0), smol, rollout, items, sync_fn=sync)
+    try:
+        trainer.train()
+    finally:
+        engine.update_weights(vs.tiny_llama(smol, seed=0))  # back to the checkpoint for the other tests
+    assert len(synced) == 2 and all(v == h for v, h in synced)
+    assert synced[-1][0] != before  # the adapters did change the policy
+
+
 def test_evaluation_and_ask_load_the_configured_engine(checkpoint):
     # (Last of the in-process tests: vLLM's parallel state is process-wide, and tearing down one engine
     # takes it from any other alive in the process; evaluation closes each engine before building the next.)

@@ -97,6 +97,15 @@ class FaissConfig(Section):
     rebuild_fraction: float = Field(
         0.2, ge=0, le=1, description="Incremental updates rebuild the FAISS index (from kept embeddings) above this removed fraction."
     )
+    prebuilt_index: str | None = Field(
+        None, description="A FAISS file written by Search-R1's index_builder.py (e.g. e5_Flat.index, e5_HNSW64.index) "
+        "over this very corpus: the index stage checks it against these settings and links it in instead of encoding "
+        "the corpus (docs/prebuilt.md)."
+    )
+    prebuilt_check_passages: int = Field(
+        64, ge=0, description="Passages of the corpus re-encoded and compared with prebuilt_index's stored vectors "
+        "(0: no check)."
+    )
 
 
 class ServerConfig(Section):
@@ -125,8 +134,54 @@ class ServerConfig(Section):
     launch: bool = Field(False, description="Flows start a server for train/evaluate (unless url is set) and point the stages at it.")
 
 
+class WebSearchConfig(Section):
+    """retrieval.method=web: a web search API instead of a local index (retrieval/web.py, docs/pipeline.md)."""
+
+    provider: Literal["serpapi", "google"] = Field(
+        "serpapi", description="serpapi: SerpAPI's search.json; google: the Google Custom Search JSON API."
+    )
+    base_url: str | None = Field(
+        None, description="Endpoint override (a proxy, or a local fake in tests). Default: the provider's own, "
+        "https://serpapi.com/search.json or https://www.googleapis.com/customsearch/v1."
+    )
+    key_env: str | None = Field(
+        None, description="Environment variable holding the API key (default: SERPAPI_API_KEY for serpapi, "
+        "GOOGLE_API_KEY for google). The key itself is never a setting: settings are logged and show in `ps`."
+    )
+    key_file: str | None = Field(None, description="File whose first line is the API key, read when key_env is unset.")
+    cx: str | None = Field(None, description="google: the Programmable Search Engine id (not a secret).")
+    engine: str = Field("google", description="serpapi: the engine SerpAPI searches with (paging follows Google's).")
+    gl: str | None = Field(None, description="Country of the search, e.g. us (both providers).")
+    hl: str | None = Field(None, description="Interface language, e.g. en (both providers).")
+    safe: Literal["active", "off"] | None = Field(None, description="SafeSearch (both providers); None: the provider's default.")
+    cache_dir: str | None = Field(
+        "cache/web", description="One JSON file per (provider, search settings, query): training replays the same "
+        "queries, and a cached query costs no request. None: no cache (always live)."
+    )
+    timeout_s: float = Field(30.0, gt=0)
+    retries: int = Field(3, ge=0, description="Retries of a request that timed out or got 429 / 5xx (Retry-After honoured).")
+    rate_limit_per_s: float = Field(5.0, ge=0, description="Requests per second to the provider, over all threads; 0 = off.")
+    concurrency: int = Field(8, ge=1, description="Requests in flight at once for a batch of queries.")
+
+
+class RerankConfig(Section):
+    """retrieval.rerank: a cross-encoder reorders the retriever's top_n candidates and keeps topk
+    (Search-R1's retrieval_rerank_server.py; retrieval/rerank.py)."""
+
+    name_or_path: str | None = Field(
+        None, description="HF id or local path of a cross-encoder (one relevance logit per pair), e.g. "
+        "cross-encoder/ms-marco-MiniLM-L12-v2, Search-R1's default. None: no reranking."
+    )
+    top_n: int = Field(10, ge=1, description="Candidates asked of the retriever per query; at least retrieval.topk.")
+    batch_size: int = Field(32, ge=1, description="(query, passage) pairs per cross-encoder forward pass.")
+    max_length: int = Field(512, ge=8, description="Tokens of query + passage; longer pairs are truncated.")
+    cache_size: int = Field(100_000, ge=0, description="(query, passage) scores kept in an LRU cache; 0 = off.")
+
+
 class RetrievalConfig(Section):
-    method: Literal["bm25", "dense", "hybrid"] = "bm25"
+    method: Literal["bm25", "dense", "hybrid", "web"] = Field(
+        "bm25", description="web: a web search API (retrieval.web); it needs no index and no corpus."
+    )
     topk: int = Field(3, ge=1)
     index_dir: str = "indexes"
     build: list[Literal["bm25", "dense"]] = Field(
@@ -136,14 +191,25 @@ class RetrievalConfig(Section):
     encoder: EncoderConfig = EncoderConfig()
     faiss: FaissConfig = FaissConfig()
     server: ServerConfig = ServerConfig()
+    web: WebSearchConfig = WebSearchConfig()
     rrf_k: int = Field(60, ge=1)
+    rerank: RerankConfig = RerankConfig()
 
     @model_validator(mode="after")
     def _build_what_is_searched(self) -> RetrievalConfig:
-        needed = {"bm25": ["bm25"], "dense": ["dense"], "hybrid": ["bm25", "dense"]}[self.method]
+        if self.method == "web" and self.web.provider == "google" and not self.web.cx:
+            raise ValueError("retrieval.web.provider=google needs retrieval.web.cx, the Programmable Search Engine id")
+        needed = {"bm25": ["bm25"], "dense": ["dense"], "hybrid": ["bm25", "dense"], "web": []}[self.method]
         missing = [name for name in needed if name not in self.build]
         if missing:  # (assignment re-validates: only when something is missing, so it terminates)
             self.build = [*self.build, *missing]
+        return self
+
+    @model_validator(mode="after")
+    def _rerank_sees_topk(self) -> RetrievalConfig:
+        if self.rerank.name_or_path and self.rerank.top_n < self.topk:
+            raise ValueError(f"retrieval.rerank.top_n={self.rerank.top_n} < retrieval.topk={self.topk}: the reranker "
+                             "keeps topk of its top_n candidates")
         return self
 
 
@@ -188,6 +254,25 @@ class RewardConfig(Section):
     structure_format_score: float = 0.2
     final_format_score: float = 0.1
     retrieval_score: float = 0.0
+
+
+class LoraConfig(Section):
+    """LoRA adapters (the peft package, models/lora.py): low-rank updates of the target layers train, the base
+    weights stay frozen. One section shape for ``sft.lora`` and ``train.lora``, each switched on by itself."""
+
+    enabled: bool = False
+    rank: int = Field(16, ge=1, description="r, the rank of each update B @ A (verl's lora_rank, peft's r).")
+    alpha: float = Field(32.0, gt=0, description="The update is scaled by alpha / rank (peft's lora_alpha).")
+    dropout: float = Field(
+        0.0, ge=0, lt=1, description="Dropout on the adapters' input in training passes (peft's lora_dropout); 0 keeps "
+        "an RL update's forward pass the same function as the rollout's."
+    )
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="Linear layers that get an adapter, by name (peft's target_modules), or all-linear (every linear "
+        "layer but the LM head). The micro policy's copy head (copy_query, copy_key, copy_gate) and its number code "
+        "(number_embed) are Linear layers too: list them to adapt them; otherwise they stay frozen."
+    )
 
 
 class SFTConfig(Section):
@@ -241,6 +326,10 @@ class SFTConfig(Section):
     weight_decay: float = Field(0.01, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
     max_length: int = Field(1024, ge=32, description="Tokens per example (prompt + response); longer ones are cut.")
+    lora: LoraConfig = Field(
+        default_factory=LoraConfig, description="Train LoRA adapters instead of every weight; out_dir still gets "
+        "the merged weights (what RL starts from), and the adapter in out_dir/adapter."
+    )
     out_dir: str = "models/sft"
 
 
@@ -327,6 +416,11 @@ class TrainConfig(Section):
         "bucket is gathered at a time, so this bounds the extra memory of a sync."
     )
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
+    lora: LoraConfig = Field(
+        default_factory=LoraConfig, description="Train LoRA adapters of the policy (and of the PPO critic, whose value "
+        "head trains in full); the KL reference is then the actor with its adapters off, not a copy. final_dir gets "
+        "the merged weights and the adapter in final_dir/adapter."
+    )
     launcher: Literal["none", "deepspeed", "torchrun"] = Field("none", description="Flows run train in-process or under this launcher.")
     num_gpus: int = Field(1, ge=1, description="Processes (GPUs) per node for the launcher.")
     num_nodes: int = Field(1, ge=1)
@@ -388,6 +482,11 @@ class RegistryConfig(Section):
     margin: float = Field(
         0.0, ge=0, description="Champion only when the lower bound of the paired 95% CI of challenger - champion "
         "EM on the same questions exceeds this."
+    )
+    artifact: Literal["merged", "adapter"] = Field(
+        "merged", description="What a registered version is, when training used LoRA: the merged weights (a plain "
+        "checkpoint) or the adapter alone (train.final_dir/adapter: small, loaded on its base model, which must be "
+        "where its adapter_config.json says). Both are logged to the run either way."
     )
 
 

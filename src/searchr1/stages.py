@@ -359,7 +359,7 @@ def promote(settings: Settings) -> dict:
         }
         decision = register_and_promote(
             model_dir, cfg.model_name, score, champion_score, eval_set=path_hash(Path(settings.qa.out_dir) / "test.jsonl"),
-            margin=cfg.margin, run_id=run.run_id, tags=tags, paired=paired,
+            margin=cfg.margin, run_id=run.run_id, tags=tags, paired=paired, artifact=cfg.artifact,
         )
         record = decision_record(decision)
         run.set_tags({"promoted": decision.promoted, "reason": decision.reason})

@@ -5,7 +5,9 @@ logged as run artifacts, tagged with what made it. The new version gets alias ``
 becomes ``champion`` only if it is shown better than the champion on the same questions: the lower
 bound of the paired 95% bootstrap CI of (challenger EM - champion EM) must exceed ``margin``. A point
 estimate is not enough (one question in a hundred is noise). The first version becomes champion; a
-failed or partial evaluation never promotes.
+failed or partial evaluation never promotes. A policy trained with LoRA is registered as its merged
+weights or, with ``registry.artifact=adapter``, as its adapter alone (loaders merge an adapter onto its
+base: models/lora.py).
 """
 
 from __future__ import annotations
@@ -85,15 +87,23 @@ def register_and_promote(
     run_id: str,
     tags: dict[str, str],
     paired: dict | None = None,
+    artifact: str = "merged",
 ) -> Decision:
     """Log ``model_dir`` to ``run_id``, register it, set ``challenger``, and maybe ``champion``.
 
     ``champion_score`` is the current champion's score measured on the same ``eval_set`` in the same
     evaluation (None when there is no champion); ``paired`` the paired difference with it (see ``decide``).
+    ``artifact`` (registry.artifact): the version is the merged weights (``model_dir``) or, for a policy
+    trained with LoRA, its adapter alone (``model_dir/adapter``); the run holds both either way.
     """
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    # The adapter is the subfolder holding peft's adapter_config.json (models/lora.py writes it: adapter/).
+    adapters = sorted(p.parent.name for p in Path(model_dir).glob("*/adapter_config.json"))
+    if artifact == "adapter" and not adapters:
+        raise PromotionError(f"registry.artifact=adapter but {model_dir} holds no LoRA adapter (was the policy trained "
+                             "with train.lora.enabled=true?): nothing registered")
     client = MlflowClient()
     current = champion_version(model_name)
     if current is not None and champion_score is None:
@@ -106,8 +116,8 @@ def register_and_promote(
     except MlflowException:
         pass  # already exists
     promoted, reason = decide(score, champion_score, margin, paired)  # before registering: a bad input registers nothing
-    source = f"{client.get_run(run_id).info.artifact_uri}/policy"
-    version_tags = {**tags, "eval.set": eval_set, "eval.score": str(score), "promotion.reason": reason}
+    source = f"{client.get_run(run_id).info.artifact_uri}/policy" + (f"/{adapters[0]}" if artifact == "adapter" else "")
+    version_tags = {**tags, "artifact": artifact, "eval.set": eval_set, "eval.score": str(score), "promotion.reason": reason}
     if paired is not None and current is not None:
         version_tags |= {
             "eval.champion_version": str(current.version),

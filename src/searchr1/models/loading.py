@@ -80,12 +80,18 @@ def prepare_base_policy(
 
 
 def resolve_model_path(path_or_id: str) -> str:
-    """A local folder for MLflow ``models:/`` / ``runs:/`` URIs; other inputs pass through."""
+    """A local folder for MLflow ``models:/`` / ``runs:/`` URIs; a LoRA adapter's folder (or a registered
+    adapter) becomes a plain checkpoint of its base with the adapter merged (models/lora.py); other inputs
+    pass through."""
+    from searchr1.models.lora import is_adapter_only, merged_checkpoint
+
     if not path_or_id.startswith(("models:/", "runs:/")):
-        return path_or_id
+        return str(merged_checkpoint(path_or_id)) if is_adapter_only(path_or_id) else path_or_id
     import mlflow.artifacts
 
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=path_or_id))
+    if is_adapter_only(local):
+        return str(merged_checkpoint(local))
     # The checkpoint may sit in a subfolder of the logged artifacts: take the shallowest config.json.
     configs = sorted(local.rglob("config.json"), key=lambda p: len(p.parts))
     if not configs:

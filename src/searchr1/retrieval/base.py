@@ -42,21 +42,27 @@ class Retriever(Protocol):
 TOKEN_ENV = "SEARCHR1_RETRIEVAL_TOKEN"
 
 
-def bearer_token(token_file: str | None) -> str | None:
-    """The retrieval server's bearer token: ``$SEARCHR1_RETRIEVAL_TOKEN``, else the first line of
-    ``token_file``, else None (no auth). Never from settings or argv, which other users can read in `ps`."""
+def read_secret(env: str, file: str | None, setting: str) -> str | None:
+    """``$env``, else the first line of ``file``, else None. Secrets are never settings or arguments:
+    settings are logged, and other users can read argv in `ps`. ``setting`` names ``file`` in errors."""
     import os
     from pathlib import Path
 
-    token = os.environ.get(TOKEN_ENV, "").strip()
-    if token:
-        return token
-    if token_file:
-        path = Path(token_file)
+    secret = os.environ.get(env, "").strip()
+    if secret:
+        return secret
+    if file:
+        path = Path(file)
         if not path.is_file():
-            raise RetrievalError(f"retrieval.server.token_file {path}: no such file")
-        token = path.read_text().strip().splitlines()[0].strip() if path.read_text().strip() else ""
-        if not token:
-            raise RetrievalError(f"retrieval.server.token_file {path}: empty")
-        return token
+            raise RetrievalError(f"{setting} {path}: no such file")
+        lines = path.read_text().strip().splitlines()
+        if not lines:
+            raise RetrievalError(f"{setting} {path}: empty")
+        return lines[0].strip()
     return None
+
+
+def bearer_token(token_file: str | None) -> str | None:
+    """The retrieval server's bearer token: ``$SEARCHR1_RETRIEVAL_TOKEN``, else the first line of
+    ``token_file``, else None (no auth)."""
+    return read_secret(TOKEN_ENV, token_file, "retrieval.server.token_file")

@@ -10,6 +10,7 @@ from searchr1.io import read_json
 from searchr1.retrieval.bm25 import build_bm25
 from searchr1.retrieval.dense import build_dense, encoder_identity, index_identity
 from searchr1.retrieval.docstore import DocStore, build_docstore
+from searchr1.retrieval.prebuilt import adopt_prebuilt, holds_prebuilt
 
 
 def _dir_bytes(path: Path) -> int:
@@ -42,10 +43,13 @@ def build_indexes(cfg: RetrievalConfig, corpus_path: str | Path) -> dict:
         up_to_date = (
             meta is not None and (dense_dir / "index.faiss").exists() and meta["corpus"]["sha256"] == sha
             and meta["encoder"] == encoder_identity(cfg.encoder) and meta["index"] == index_identity(cfg.faiss)
+            and holds_prebuilt(meta, dense_dir, cfg.faiss)
         )
         t0 = time.time()
         if up_to_date:
             stats["dense"] = {"count": meta["count"], "seconds": 0.0, "skipped": True}
+        elif cfg.faiss.prebuilt_index:  # Search-R1's published index: checked and linked in, not encoded
+            stats["dense"] = {**adopt_prebuilt(store, dense_dir, cfg.encoder, cfg.faiss), "skipped": False}
         else:
             stats["dense"] = {**build_dense(store, dense_dir, cfg.encoder, cfg.faiss), "skipped": False}
             stats["dense"]["seconds"] = time.time() - t0

@@ -124,11 +124,17 @@ def build_dense(store: DocStore, dense_dir: str | Path, enc_cfg: EncoderConfig, 
     with atomic_path(dense_dir / "index.faiss") as tmp:
         faiss.write_index(index, str(tmp))
     seconds = time.time() - t0
-    write_json(dense_dir / "meta.json", {
+    write_json(dense_dir / "meta.json", dense_meta(store, enc_cfg, faiss_cfg, index, seconds))
+    return {**stats, "count": index.ntotal, "seconds": seconds}
+
+
+def dense_meta(store: DocStore, enc_cfg: EncoderConfig, faiss_cfg: FaissConfig, index: faiss.Index,
+               seconds: float) -> dict:
+    """The ``meta.json`` of a complete dense index: what it was built from (checked when it is loaded)."""
+    return {
         "encoder": encoder_identity(enc_cfg), "dim": index.d, "index": index_identity(faiss_cfg),
         "corpus": store.meta["corpus"], "count": index.ntotal, "build_seconds": round(seconds, 3),
-    })
-    return {**stats, "count": index.ntotal, "seconds": seconds}
+    }
 
 
 def check_dense_meta(meta: dict, enc_cfg: EncoderConfig, faiss_cfg: FaissConfig, where: Path) -> None:

@@ -8,6 +8,10 @@ so one batch of 64 is far cheaper than 64 batches of 1). Requests that arrive wh
 join the next one. If the batching worker dies, the requests of its batch fail with 500 and a new
 worker takes over the same queue, so no waiting request is lost.
 
+With ``retrieval.rerank`` set, the served retriever reranks (retrieval/rerank.py), so ``/retrieve`` is
+reranked, batched and cached as above; ``POST /rerank`` takes Search-R1's rerank_server.py body (queries and
+their candidates) and reorders them with the same cross-encoder.
+
 Optional bearer-token auth (the token from ``$SEARCHR1_RETRIEVAL_TOKEN`` or ``server.token_file``) and a
 per-client rate limit (``server.rate_limit_per_s``: 429 with Retry-After).
 """
@@ -27,7 +31,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from searchr1.config import RetrievalConfig, ServerConfig
 from searchr1.retrieval.base import Doc, Retriever, bearer_token
@@ -40,6 +44,30 @@ class QueryRequest(BaseModel):
 
     queries: list[str]
     topk: int | None = None
+    return_scores: bool = False
+
+
+class CandidateDoc(BaseModel):
+    """A candidate as ``/retrieve`` returns it without scores; other keys (title, text) are ignored."""
+
+    model_config = ConfigDict(coerce_numbers_to_str=True)
+    id: str = ""
+    contents: str
+
+
+class ScoredCandidateDoc(BaseModel):
+    """A candidate as ``/retrieve`` returns it with scores (the score is replaced)."""
+
+    document: CandidateDoc
+    score: float | None = None
+
+
+class RerankRequest(BaseModel):
+    """Search-R1's rerank_server.py body: ``documents[i]`` are the candidates of ``queries[i]``."""
+
+    queries: list[str]
+    documents: list[list[ScoredCandidateDoc | CandidateDoc]]
+    rerank_topk: int | None = None
     return_scores: bool = False
 
 
@@ -185,17 +213,24 @@ def _doc_json(doc: Doc, with_score: bool) -> dict:
     return {"document": body, "score": doc.score} if with_score else body
 
 
+def _candidate(item: ScoredCandidateDoc | CandidateDoc) -> Doc:
+    doc = item.document if isinstance(item, ScoredCandidateDoc) else item
+    return Doc(id=doc.id, contents=doc.contents)
+
+
 def create_app(retriever: Retriever, cfg: ServerConfig, default_topk: int = 3, info: dict | None = None,
                token: str | None = None) -> FastAPI:
-    """FastAPI app serving ``retriever``: ``POST /retrieve`` (Search-R1 shapes) and ``GET /health``;
-    ``token``: the bearer token requests must carry (None: no auth)."""
+    """FastAPI app serving ``retriever``: ``POST /retrieve`` (Search-R1 shapes), ``POST /rerank`` (Search-R1's
+    rerank server; 404 unless ``retriever`` reranks) and ``GET /health``; ``token``: the bearer token requests
+    must carry (None: no auth)."""
     app = FastAPI(title="searchr1 retrieval")
     batcher = Batcher(retriever, cfg.batch_window_ms, cfg.cache_size, cfg.batch_min_queries)
     limiter = RateLimiter(cfg.rate_limit_per_s, cfg.rate_limit_burst)
     app.state.batcher = batcher
     expected_auth = f"Bearer {token}" if token else None
+    reranker = getattr(retriever, "reranker", None)  # a RerankingRetriever's cross-encoder also serves /rerank
 
-    def check(req: QueryRequest, request: Request) -> int:
+    def check(queries: list[str], topk: int | None, request: Request, field: str = "topk") -> int:
         if expected_auth and not hmac.compare_digest(request.headers.get("authorization", ""), expected_auth):
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
         wait = limiter.wait_s(request.client.host if request.client else "unknown")
@@ -204,25 +239,45 @@ def create_app(retriever: Retriever, cfg: ServerConfig, default_topk: int = 3, i
                 429, f"rate limit of {cfg.rate_limit_per_s:g} requests/s per client exceeded",
                 headers={"Retry-After": str(math.ceil(wait))},
             )
-        if not req.queries:
+        if not queries:
             raise HTTPException(400, "queries is empty")
-        if len(req.queries) > cfg.max_queries_per_request:
-            raise HTTPException(413, f"{len(req.queries)} queries > max_queries_per_request={cfg.max_queries_per_request}")
-        longest = max(len(q) for q in req.queries)
+        if len(queries) > cfg.max_queries_per_request:
+            raise HTTPException(413, f"{len(queries)} queries > max_queries_per_request={cfg.max_queries_per_request}")
+        longest = max(len(q) for q in queries)
         if longest > cfg.max_query_chars:
             raise HTTPException(413, f"a query has {longest} chars > max_query_chars={cfg.max_query_chars}")
-        topk = default_topk if req.topk is None else req.topk
+        topk = default_topk if topk is None else topk
         if not 1 <= topk <= cfg.max_topk:
-            raise HTTPException(400, f"topk={topk} outside [1, max_topk={cfg.max_topk}]")
+            raise HTTPException(400, f"{field}={topk} outside [1, max_topk={cfg.max_topk}]")
         return topk
 
     @app.post("/retrieve")
     async def retrieve(req: QueryRequest, request: Request) -> JSONResponse:
-        topk = check(req, request)
+        topk = check(req.queries, req.topk, request)
+        if reranker is not None and topk > retriever.top_n:  # (RerankingRetriever.search would refuse it: a 500)
+            raise HTTPException(400, f"topk={topk} > retrieval.rerank.top_n={retriever.top_n}, the candidates reranked")
         try:
             results = await batcher.submit(req.queries, topk)
         except Exception as exc:
             raise HTTPException(500, f"retrieval failed: {type(exc).__name__}: {exc}") from exc
+        body = [[_doc_json(d, req.return_scores) for d in docs] for docs in results]
+        return JSONResponse({"result": body})
+
+    @app.post("/rerank")
+    async def rerank(req: RerankRequest, request: Request) -> JSONResponse:
+        if reranker is None:
+            raise HTTPException(404, "this server has no reranker: set retrieval.rerank.name_or_path")
+        topk = check(req.queries, req.rerank_topk, request, field="rerank_topk")
+        if len(req.documents) != len(req.queries):
+            raise HTTPException(400, f"documents has {len(req.documents)} candidate lists for {len(req.queries)} queries")
+        most = max(len(docs) for docs in req.documents)
+        if most > cfg.max_topk:
+            raise HTTPException(413, f"documents: a query has {most} candidates > max_topk={cfg.max_topk}")
+        candidates = [[_candidate(item) for item in docs] for docs in req.documents]
+        try:
+            results = await asyncio.to_thread(reranker.rerank, req.queries, candidates, topk)
+        except Exception as exc:
+            raise HTTPException(500, f"reranking failed: {type(exc).__name__}: {exc}") from exc
         body = [[_doc_json(d, req.return_scores) for d in docs] for docs in results]
         return JSONResponse({"result": body})
 
@@ -248,6 +303,8 @@ def index_info(cfg: RetrievalConfig) -> dict:
         meta = root / name / "meta.json"
         if meta.exists():
             info[name] = json.loads(meta.read_text())
+    if cfg.rerank.name_or_path:
+        info["rerank"] = cfg.rerank.model_dump()
     return info
 
 

@@ -7,9 +7,10 @@ import copy
 import torch
 from torch import nn
 
-from searchr1.config import TrainConfig
+from searchr1.config import LoraConfig, TrainConfig
 from searchr1.distributed import world_size
 from searchr1.models.loading import enable_checkpointing
+from searchr1.models.lora import add_lora
 from searchr1.models.precision import compute_autocast
 from searchr1.rl.batch import Batch
 from searchr1.rl.core import Aggregation, value_loss
@@ -38,10 +39,15 @@ class ValueModel(nn.Module):
         enable_checkpointing(self.backbone)
 
 
-def build_value_model(policy: nn.Module) -> ValueModel:
-    """A value model initialised from a copy of ``policy``'s backbone (a HF ``*ForCausalLM``)."""
+def build_value_model(policy: nn.Module, lora_cfg: LoraConfig | None = None) -> ValueModel:
+    """A value model initialised from a copy of ``policy``'s backbone (a HF ``*ForCausalLM``). With
+    ``lora_cfg`` (train.lora) the backbone gets LoRA adapters and stays frozen, as OpenRLHF's LoRA critic:
+    the value head is new, with no base to adapt, and trains in full."""
     backbone = copy.deepcopy(getattr(policy, policy.base_model_prefix))
-    return ValueModel(backbone, policy.config.hidden_size).to(next(policy.parameters()).dtype)
+    model = ValueModel(backbone, policy.config.hidden_size).to(next(policy.parameters()).dtype)
+    if lora_cfg is not None:
+        add_lora(model.backbone, lora_cfg, "train.lora", task_type=None)
+    return model
 
 
 class Critic:

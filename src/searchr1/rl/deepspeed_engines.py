@@ -25,6 +25,7 @@ from deepspeed.accelerator import get_accelerator  # noqa: E402
 from torch import nn  # noqa: E402
 
 from searchr1.config import DeepSpeedConfig  # noqa: E402
+from searchr1.models import lora  # noqa: E402
 from searchr1.models.loading import enable_checkpointing  # noqa: E402
 
 
@@ -54,6 +55,8 @@ def init_distributed() -> None:
         # and reads the rank variables from the environment.
         if "LOCAL_RANK" not in os.environ and torch.distributed.get_world_size() == 1:
             os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        if _holds_destroyed_groups():  # DeepSpeed's cache is from a default group since destroyed and replaced
+            _forget_destroyed_groups()
         if not deepspeed.comm.is_initialized():
             deepspeed.init_distributed(dist_backend=torch.distributed.get_backend(), verbose=False)
         return
@@ -72,6 +75,22 @@ def init_distributed() -> None:
     if get_accelerator().device_name() != "cpu":
         get_accelerator().set_device(int(os.environ.get("LOCAL_RANK", "0")))
     deepspeed.init_distributed(dist_backend=backend, verbose=False)
+
+
+def _holds_destroyed_groups() -> bool:
+    """Whether DeepSpeed's cached process groups include one torch no longer knows (destroyed)."""
+    from deepspeed.utils import groups
+    from torch.distributed import distributed_c10d
+
+    live = getattr(getattr(distributed_c10d, "_world", None), "pg_map", None)
+    if live is None:
+        return False
+    cached = []
+    for name in dir(groups):
+        if name.startswith("_") and name.endswith(("_GROUP", "_GROUPS")) and name.isupper():
+            value = getattr(groups, name)
+            cached += list(value.values()) if isinstance(value, dict) else [value]
+    return any(isinstance(g, torch.distributed.ProcessGroup) and g not in live for g in cached)
 
 
 def _forget_destroyed_groups() -> None:
@@ -180,21 +199,28 @@ def parameter_buckets(model: nn.Module, bucket_bytes: int) -> Iterator[list[tupl
     """The full parameters as buckets of (name, tensor) of about ``bucket_bytes`` each, e.g. to load into
     a rollout engine. Under ZeRO-3 each bucket is gathered alone and released when the next is asked for,
     so the whole model is never gathered at once (a collective: every rank must take every bucket). The
-    tensors are the parameters themselves, valid until the next bucket: copy what you keep."""
-    params = list(unwrapped(model).named_parameters())
+    tensors are the parameters themselves, valid until the next bucket: copy what you keep. A model with
+    LoRA adapters gives the plain model's parameters, each adapted weight merged (models/lora.py): a
+    layer's weight, A and B share a bucket."""
+    module = unwrapped(model)
+    params = list(module.named_parameters())
+    layers = lora.lora_layers(module)
     zero3 = is_zero3(model)
     bucket: list[tuple[str, torch.Tensor]] = []
     size = 0
     for i, (name, p) in enumerate(params):
         bucket.append((name, p))
         size += (p.ds_numel if zero3 else p.numel()) * p.element_size()
-        if size < bucket_bytes and i + 1 < len(params):
+        last = i + 1 == len(params)
+        layer = lora.layer_of(name, layers)
+        same_layer = not last and layer is not None and layer == lora.layer_of(params[i + 1][0], layers)
+        if not last and (size < bucket_bytes or same_layer):
             continue
         if zero3:
             with deepspeed.zero.GatheredParameters([t for _, t in bucket], modifier_rank=None):
-                yield [(n, t.detach()) for n, t in bucket]
+                yield lora.merged([(n, t.detach()) for n, t in bucket], layers)
         else:
-            yield [(n, t.detach()) for n, t in bucket]
+            yield lora.merged([(n, t.detach()) for n, t in bucket], layers)
         bucket, size = [], 0
 
 

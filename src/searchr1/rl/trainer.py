@@ -33,6 +33,7 @@ from searchr1 import distributed as dist
 from searchr1.config import Settings
 from searchr1.errors import SearchR1Error
 from searchr1.io import atomic_path, read_json, write_json
+from searchr1.models import lora
 from searchr1.models.precision import resolve_dtype
 from searchr1.rl import deepspeed_engines as ds
 from searchr1.rl.actor import Actor
@@ -102,19 +103,20 @@ class RLTrainer:
         self.device = ds.device()
         # bf16 where the device has it (models/precision.py): DeepSpeed's bf16 mode on a GPU, autocast on a CPU
         dtype = self.compute_dtype = resolve_dtype(settings.policy, self.device)
-        # Copies are taken before DeepSpeed wraps (and under ZeRO-3 partitions) the actor.
-        ref = copy.deepcopy(model) if cfg.kl_coef > 0 else None
-        value_model = build_value_model(model) if cfg.algorithm == "ppo" else None
+        lora_cfg = cfg.lora if cfg.lora.enabled else None
+        # Copies are taken before DeepSpeed wraps (and under ZeRO-3 partitions) the actor, and before LoRA adapts
+        # it. With LoRA the reference is the actor itself with its adapters off: no copy.
+        ref = copy.deepcopy(model) if cfg.kl_coef > 0 and lora_cfg is None else None
+        value_model = build_value_model(model, lora_cfg) if cfg.algorithm == "ppo" else None
+        # LoRA: adapters on the actor's target layers, every base weight frozen; only the adapters reach the
+        # optimizer (setup_engine passes the parameters that require a gradient) under every ZeRO stage.
+        self.adapter = lora.add_lora(model, lora_cfg, "train.lora") if lora_cfg is not None else None
         self.actor = Actor(
             ds.setup_engine(model, cfg.deepspeed, cfg.lr, self.micro_batch_size, compute_dtype=dtype), cfg,
             self.temperature, self.micro_batch_size, use_kl_loss=cfg.kl_coef > 0 and not cfg.kl_in_reward,
             compute_dtype=dtype,
         )
-        self.reference = (
-            Reference(ds.setup_reference(ref, cfg.deepspeed, dtype), self.temperature, self.micro_batch_size,
-                      cfg.logprob_chunk, compute_dtype=dtype)
-            if ref is not None else None
-        )
+        self.reference = self._reference(ref, dtype)
         self.critic = (
             Critic(ds.setup_engine(value_model, cfg.deepspeed, cfg.critic_lr, self.micro_batch_size, compute_dtype=dtype),
                    cfg, self.micro_batch_size, compute_dtype=dtype)
@@ -124,6 +126,18 @@ class RLTrainer:
         self.step = 0
         self.history: list[dict[str, float]] = []
         self.last_samples: list[Sample] = []  # the last step's samples of every rank (filled on rank 0)
+
+    def _reference(self, ref: torch.nn.Module | None, dtype: str) -> Reference | None:
+        """The KL reference (none without a KL term): a frozen copy of the initial policy, or with LoRA the
+        actor engine with its adapters disabled, which is exactly the initial policy."""
+        cfg = self.cfg
+        if cfg.kl_coef == 0:
+            return None
+        if self.adapter is not None:
+            return Reference(self.actor.engine, self.temperature, self.micro_batch_size, cfg.logprob_chunk,
+                             compute_dtype=dtype, as_reference=self.adapter.disable_adapter)
+        return Reference(ds.setup_reference(ref, cfg.deepspeed, dtype), self.temperature, self.micro_batch_size,
+                         cfg.logprob_chunk, compute_dtype=dtype)
 
     # ----- one iteration -----
     def train_step(self) -> dict[str, float]:
@@ -377,10 +391,13 @@ class RLTrainer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         dist.barrier()
-        # DeepSpeed checkpoints hold the fp32 master weights and optimizer state: reload is exact.
-        self.actor.engine.save_checkpoint(str(tmp / "actor"), tag="ds", save_latest=False)
+        # DeepSpeed checkpoints hold the fp32 master weights and optimizer state: reload is exact. With LoRA only
+        # the trained tensors (adapters, the critic's value head): the frozen base is the initial policy's.
+        frozen = self.adapter is not None
+        self.actor.engine.save_checkpoint(str(tmp / "actor"), tag="ds", save_latest=False, exclude_frozen_parameters=frozen)
         if self.critic is not None:
-            self.critic.engine.save_checkpoint(str(tmp / "critic"), tag="ds", save_latest=False)
+            self.critic.engine.save_checkpoint(str(tmp / "critic"), tag="ds", save_latest=False,
+                                               exclude_frozen_parameters=frozen)
         state = {
             "step": self.step,
             "world_size": self.world_size,
@@ -414,7 +431,8 @@ class RLTrainer:
         for role, sub in ((self.actor, "actor"), (self.critic, "critic")):
             if role is None:
                 continue
-            loaded, _ = role.engine.load_checkpoint(str(path / sub), tag="ds", load_lr_scheduler_states=False)
+            loaded, _ = role.engine.load_checkpoint(str(path / sub), tag="ds", load_lr_scheduler_states=False,
+                                                    load_module_strict=self.adapter is None)
             if loaded is None:
                 raise FileNotFoundError(f"{path / sub}: no DeepSpeed checkpoint to resume from")
         state = torch.load(path / f"trainer_state_rank{self.rank}.pt", weights_only=False)
@@ -426,12 +444,16 @@ class RLTrainer:
         log.info("resumed from %s at step %d", path, self.step)
 
     def save_final(self) -> Path:
-        """Save the policy (HF ``save_pretrained`` + tokenizer) atomically to ``train.final_dir``."""
+        """Save the policy (HF ``save_pretrained`` + tokenizer) atomically to ``train.final_dir``; with LoRA the
+        merged weights, and the adapter in ``final_dir/adapter`` (models/lora.py)."""
         state = ds.full_state_dict(self.actor.engine)
         final = Path(self.cfg.final_dir)
         if self.rank == 0:
             with atomic_path(final) as tmp:
-                self.actor.engine.module.save_pretrained(tmp, state_dict=state)
+                if self.adapter is None:
+                    self.actor.engine.module.save_pretrained(tmp, state_dict=state)
+                else:
+                    lora.save_policy(self.actor.engine.module, self.adapter, state, tmp)
                 if self.tokenizer is not None:
                     self.tokenizer.save_pretrained(tmp)
         dist.barrier()

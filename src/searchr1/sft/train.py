@@ -17,6 +17,7 @@ from tqdm import tqdm
 from searchr1.io import DataError, atomic_path, iter_jsonl, read_json, write_json, write_jsonl
 from searchr1.models.heads import logits_at
 from searchr1.models.loading import POLICY_FILE, load_policy
+from searchr1.models.lora import add_lora, save_policy
 from searchr1.models.precision import compute_autocast, resolve_dtype
 from searchr1.prompts import encode_prompt, format_passages
 from searchr1.retrieval.base import Retriever
@@ -157,8 +158,9 @@ def train_on_examples(
     gen = torch.Generator().manual_seed(seed)
     batches_per_epoch = math.ceil(len(tokenized) / cfg.batch_size)
     total = cfg.epochs * batches_per_epoch
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    trained = [p for p in model.parameters() if p.requires_grad]  # all of them, or the LoRA adapters
+    decay = [p for p in trained if p.ndim >= 2]
+    no_decay = [p for p in trained if p.ndim < 2]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr,
@@ -290,6 +292,8 @@ def run_sft(
         raise DataError(f"{qa_train_path}: no usable SFT example from sft.source={cfg.source}{why}")
 
     model.config.use_cache = False
+    # LoRA: adapters on the target layers, the rest frozen; ``model`` itself carries them and trains.
+    adapter = add_lora(model, cfg.lora, "sft.lora") if cfg.lora.enabled else None
     compute_dtype = resolve_dtype(settings.policy, device)
     log.info("cold start computes in %s (policy.dtype=%s)", compute_dtype, settings.policy.dtype)
     metrics = train_on_examples(model, tokenizer, tokenized, cfg, settings.seed, log_fn, compute_dtype)
@@ -310,7 +314,10 @@ def run_sft(
 
     base_info = read_json(Path(base_dir) / POLICY_FILE) if (Path(base_dir) / POLICY_FILE).exists() else {}
     with atomic_path(out_dir) as tmp:
-        model.save_pretrained(tmp)
+        if adapter is None:
+            model.save_pretrained(tmp)
+        else:  # the merged weights, what RL and evaluation load, and the adapter in out_dir/adapter
+            save_policy(model, adapter, model.state_dict(), tmp)
         tokenizer.save_pretrained(tmp)
         write_json(tmp / POLICY_FILE, {**base_info, "source": f"sft ({cfg.source}) from {base_dir}", "sft_examples": len(records)})
         write_jsonl(tmp / "sft_examples.sample.jsonl", records[:100])
