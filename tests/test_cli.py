@@ -45,3 +45,13 @@ def test_named_profile_is_read_from_profiles_and_a_missing_one_is_a_clear_error(
     assert main(["config", "--profile", "nope"]) == 2
     err = capsys.readouterr().err
     assert "profile 'nope'" in err and "long" in err
+
+
+def test_every_shipped_profile_gives_valid_settings(capsys, monkeypatch):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.chdir(root)
+    for profile in sorted(p.stem for p in (root / "profiles").glob("*.yaml")):
+        assert main(["config", "--profile", profile]) == 0, profile
+    assert "critic_warmup: 3" in capsys.readouterr().out  # the ppo profile's critic settings reach the settings
