@@ -196,6 +196,10 @@ def test_the_key_is_in_no_setting_log_line_or_error(fake, tmp_path, caplog, monk
     settings = load_settings(None, ["retrieval.method=web", f"retrieval.web.base_url={fake}/search.json",
                                     f"retrieval.web.cache_dir={tmp_path}"])
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.INFO, logger="httpx")  # vLLM sets httpx to WARNING when an earlier test imported it
+    httpx_log = logging.getLogger("httpx")
+    monkeypatch.setattr(httpx_log, "propagate", True)
+    monkeypatch.setattr(httpx_log, "disabled", False)
     with load_retriever(settings.retrieval) as r:
         r.search(["logged query"], 1)
     assert "q=logged+query" in caplog.text and "api_key=<api-key>" in caplog.text  # httpx's request line, redacted
