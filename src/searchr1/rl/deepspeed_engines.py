@@ -77,6 +77,13 @@ def init_distributed() -> None:
     deepspeed.init_distributed(dist_backend=backend, verbose=False)
 
 
+def _group_caches() -> list[str]:
+    """Names of DeepSpeed's module-level process-group caches (``_DATA_PARALLEL_GROUP``, ``_EXPERT_..._GROUPS``)."""
+    from deepspeed.utils import groups
+
+    return [n for n in dir(groups) if n.startswith("_") and n.endswith(("_GROUP", "_GROUPS")) and n.isupper()]
+
+
 def _holds_destroyed_groups() -> bool:
     """Whether DeepSpeed's cached process groups include one torch no longer knows (destroyed)."""
     from deepspeed.utils import groups
@@ -86,10 +93,9 @@ def _holds_destroyed_groups() -> bool:
     if live is None:
         return False
     cached = []
-    for name in dir(groups):
-        if name.startswith("_") and name.endswith(("_GROUP", "_GROUPS")) and name.isupper():
-            value = getattr(groups, name)
-            cached += list(value.values()) if isinstance(value, dict) else [value]
+    for name in _group_caches():
+        value = getattr(groups, name)
+        cached += list(value.values()) if isinstance(value, dict) else [value]
     return any(isinstance(g, torch.distributed.ProcessGroup) and g not in live for g in cached)
 
 
@@ -103,10 +109,9 @@ def _forget_destroyed_groups() -> None:
     if comm.cdb is None:
         return
     comm.cdb = None
-    for name in dir(groups):
-        if name.startswith("_") and name.endswith(("_GROUP", "_GROUPS")) and name.isupper():
-            value = getattr(groups, name)
-            setattr(groups, name, {} if isinstance(value, dict) else None)
+    for name in _group_caches():
+        value = getattr(groups, name)
+        setattr(groups, name, {} if isinstance(value, dict) else None)
 
 
 def device() -> torch.device:
