@@ -13,7 +13,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install install-vllm demo test check-world gpu-check clean
+.PHONY: install install-vllm demo test check-world check-transfer gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,24 @@ check-world: install
 	$(BIN)/searchr1 pipeline --workdir $(CHECK_DIR) --set corpus.source=jsonl --set corpus.path=source/corpus.jsonl \
 	  --set qa.source=flashrag --set qa.flashrag_dir=source/flashrag --set 'qa.train_datasets=[world]' \
 	  --set 'qa.test_datasets=[world]' --set evaluation.question_types=source/question_types.jsonl $(CHECK_ARGS)
+
+# Transfer (issue 33): the policies `make demo` trained on the bundled world, asked the check world's questions
+# with its own corpus and index, never trained on it. Its eval.md sets EM, valid actions, repeated turns and
+# searches beside the bundled world's (reports/eval.json). Outputs in $(TRANSFER_DIR); e.g.
+# TRANSFER_ARGS="--set rollout.seed=1 --set evaluation.max_examples=200".
+TRANSFER_DIR ?= runs/check-transfer
+TRANSFER_ARGS ?=
+TRANSFER_SETTINGS = --params $(abspath params.yaml) --set corpus.source=jsonl --set corpus.path=source/corpus.jsonl \
+  --set qa.source=flashrag --set qa.flashrag_dir=source/flashrag --set 'qa.train_datasets=[world]' \
+  --set 'qa.test_datasets=[world]' --set evaluation.question_types=source/question_types.jsonl \
+  --set sft.out_dir=$(abspath models/sft) --set train.final_dir=$(abspath models/policy) \
+  --set evaluation.home_eval=$(abspath reports/eval.json) --set 'evaluation.methods=[rag,search-r1]' $(TRANSFER_ARGS)
+check-transfer: install
+	@test -f reports/eval.json || { echo "check-transfer: no reports/eval.json here: run \`make demo\` first"; exit 1; }
+	$(BIN)/searchr1 world --set world.style=2 --set world.seed=1 --set world.out_dir=$(TRANSFER_DIR)/source
+	cd $(TRANSFER_DIR) && for stage in corpus qa index evaluate; do \
+	  $(abspath $(BIN))/searchr1 $$stage $(TRANSFER_SETTINGS) || exit 1; done
+	@echo "transfer: $(TRANSFER_DIR)/reports/eval.md"
 
 # What only a GPU shows (vLLM on CUDA with sleep/wake, ZeRO-2 bf16 GRPO on SmolLM2, faiss-gpu, evaluation on
 # the GPU), one JSON line per check, in at most 8 minutes. Install the GPU build first (docs/scaling.md):

@@ -243,3 +243,40 @@ def test_question_types_file_is_validated_with_file_and_line(tmp_path):
         read_question_types(path)
     path.write_text('{"id": "q1", "type": "bridge"}\n{"id": 7, "type": "single"}\n')
     assert read_question_types(path) == {"q1": "bridge", "7": "single"}
+
+
+def test_a_transfer_evaluation_sets_its_numbers_beside_the_home_worlds(project, tmp_path, monkeypatch):
+    """evaluation.home_eval (`make check-transfer`): the evaluate stage scores the models here and writes
+    their EM, valid actions, repeated turns and searches beside those of the home world's eval.json."""
+    import json
+
+    from searchr1.config import ConfigError
+    from searchr1.stages import evaluate
+
+    root, settings = project
+    home = {"results": {"sft/search-r1": {"average": {"em": 0.75, "valid_action_ratio": 0.99, "repeated_turns": 0.0,
+                                                      "num_searches": 1.5}}}}
+    (tmp_path / "home_eval.json").write_text(json.dumps(home))
+    monkeypatch.chdir(tmp_path)  # the stage writes reports/ here
+    cfg = settings.model_copy(deep=True)
+    cfg.sft.out_dir = str(root / "policy")
+    cfg.tracking.enabled = False
+    cfg.evaluation.models, cfg.evaluation.methods = ["sft"], ["search-r1"]
+    cfg.evaluation.max_examples, cfg.evaluation.bootstrap_samples = 4, 50
+
+    cfg.evaluation.home_eval = str(tmp_path / "missing.json")
+    with pytest.raises(ConfigError, match="evaluation.home_eval=.*missing.json: no such file"):
+        evaluate(cfg)
+    assert not (tmp_path / "reports" / "eval.json").exists()  # refused before anything was scored
+
+    cfg.evaluation.home_eval = str(tmp_path / "home_eval.json")
+    summary = evaluate(cfg)
+    here = summary["results"]["sft/search-r1"]["average"]
+    assert summary["transfer"]["sft/search-r1"] == {
+        "home": home["results"]["sft/search-r1"]["average"],
+        "here": {k: here[k] for k in ("em", "valid_action_ratio", "repeated_turns", "num_searches")},
+    }
+    table = (tmp_path / "reports" / "eval.md").read_text()
+    assert "Transfer: the same models" in table
+    assert f"| sft/search-r1 | 0.750 → {here['em']:.3f} | 0.990 → {here['valid_action_ratio']:.3f} |" in table
+    assert json.loads((tmp_path / "reports" / "eval.json").read_text())["transfer"] == summary["transfer"]

@@ -474,6 +474,11 @@ class EvaluationConfig(Section):
     batch_size: int = Field(32, ge=1)
     bootstrap_samples: int = Field(1000, ge=0)
     out_dir: str = "reports/eval"
+    home_eval: str | None = Field(
+        None, description="eval.json of the same models on the world they were trained on: this evaluation is then "
+        "a transfer evaluation (`make check-transfer`), and eval.md sets its EM, valid actions, repeated turns and "
+        "searches beside the home ones."
+    )
 
 
 class RegistryConfig(Section):

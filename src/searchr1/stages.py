@@ -228,12 +228,21 @@ def evaluate(settings: Settings) -> dict:
         searches_group,
         type_group,
     )
-    from searchr1.evaluation.report import bar_plot, breakdown_table, comparison_table, fallen_list, markdown_table
+    from searchr1.evaluation.report import (
+        bar_plot,
+        breakdown_table,
+        comparison_table,
+        fallen_list,
+        markdown_table,
+        transfer,
+        transfer_table,
+    )
     from searchr1.retrieval import load_retriever
     from searchr1.rollout.engine import load_engine
     from searchr1.tracking import path_hash
 
     cfg = settings.evaluation
+    home = _home_results(cfg.home_eval) if cfg.home_eval else None  # read first: a bad path fails before scoring
     test_path = Path(settings.qa.out_dir) / "test.jsonl"
     items = load_qa(test_path)
     if cfg.question_types:  # a separate id -> type file, for data whose rows carry no type (analysis only)
@@ -288,8 +297,11 @@ def evaluate(settings: Settings) -> dict:
         if not any(summary["by_type"].values()):
             del summary["by_type"], summary["comparisons_by_type"]
         summary["fallen"] = fallen_groups(summary["comparisons"], summary.get("comparisons_by_type", {}), "type")
+        if home is not None:
+            summary["transfer"] = transfer(home, results)
         write_json(REPORTS / "eval.json", summary)
-        table = markdown_table(results) + comparison_table(summary["comparisons"])
+        table = markdown_table(results) + transfer_table(summary.get("transfer", {}))
+        table += comparison_table(summary["comparisons"])
         table += fallen_list(summary["fallen"])
         table += breakdown_table(summary.get("by_type", {}), "type")
         for group, comparisons in summary.get("comparisons_by_type", {}).items():
@@ -311,6 +323,24 @@ def evaluate(settings: Settings) -> dict:
             run.log_artifact(REPORTS / f)
         log.info("evaluate: done in %.1fs\n%s", time.time() - started, table)
         return summary
+
+
+def _home_results(path: str) -> dict:
+    """The ``results`` of evaluation.home_eval (an eval.json written by `searchr1 evaluate`)."""
+    import json
+
+    from searchr1.config import ConfigError
+
+    try:
+        results = json.loads(Path(path).read_text())["results"]
+    except FileNotFoundError:
+        raise ConfigError(f"evaluation.home_eval={path}: no such file (run `searchr1 evaluate` on the home world "
+                          "first, e.g. `make demo`)") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ConfigError(f"evaluation.home_eval={path}: not an eval.json of `searchr1 evaluate` ({exc!r})") from None
+    if not isinstance(results, dict):
+        raise ConfigError(f"evaluation.home_eval={path}: its 'results' is not a mapping of model/method to scores")
+    return results
 
 
 def _comparison_pairs(cfg) -> list[tuple[str, str]]:

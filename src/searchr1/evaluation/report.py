@@ -41,6 +41,34 @@ def comparison_table(comparisons: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+TRANSFER_STATS = (("em", "EM"), ("valid_action_ratio", "valid actions"), ("repeated_turns", "repeated turns"),
+                  ("num_searches", "searches"))
+
+
+def transfer(home: dict[str, dict], here: dict[str, dict]) -> dict[str, dict[str, dict[str, float]]]:
+    """``{label: {"home": averages, "here": averages}}`` for every label (model/method) scored on both worlds:
+    the same models on the world they were trained on (``home``, its eval.json ``results``) and on this one."""
+    keys = [k for k, _ in TRANSFER_STATS]
+    return {
+        label: {"home": {k: home[label]["average"].get(k, float("nan")) for k in keys},
+                "here": {k: here[label]["average"].get(k, float("nan")) for k in keys}}
+        for label in here if label in home and "average" in here[label] and "average" in home[label]
+    }
+
+
+def transfer_table(rows: dict[str, dict[str, dict[str, float]]]) -> str:
+    """transfer()'s rows as markdown: each statistic on the home world, then on this one."""
+    if not rows:
+        return ""
+    header = ["model/method", *[f"{name}: home → here" for _, name in TRANSFER_STATS]]
+    lines = ["", "Transfer: the same models on the world they were trained on (home) and on this one (here):", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, r in rows.items():
+        cells = [f"{r['home'][k]:.3f} → {r['here'][k]:.3f}" for k, _ in TRANSFER_STATS]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def fallen_list(notes: list[str]) -> str:
     """The question types that fell (metrics.fallen_groups) as a markdown call-out; "" when none did."""
     if not notes:
