@@ -44,7 +44,9 @@ def _launched_by_a_launcher() -> bool:
     if "RANK" not in os.environ:
         return False
     pid, _, port = os.environ.get(_SELF_RANK_MARKER, "").partition(":")
-    inherited = pid and pid != str(os.getpid()) and port == os.environ.get("MASTER_PORT")
+    if pid == str(os.getpid()):  # set by this process for an earlier world of 1 (then destroyed, e.g. by vLLM's
+        return False             # teardown, which may also drop some of them): make a fresh one
+    inherited = pid and port == os.environ.get("MASTER_PORT", "")
     return not inherited
 
 
@@ -55,6 +57,8 @@ def init_distributed() -> None:
         # and reads the rank variables from the environment.
         if "LOCAL_RANK" not in os.environ and torch.distributed.get_world_size() == 1:
             os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+            # Ours, not a launcher's: once that group is destroyed, the next call makes a fresh world of 1.
+            os.environ[_SELF_RANK_MARKER] = f"{os.getpid()}:{os.environ.get('MASTER_PORT', '')}"
         if _holds_destroyed_groups():  # DeepSpeed's cache is from a default group since destroyed and replaced
             _forget_destroyed_groups()
         if not deepspeed.comm.is_initialized():
