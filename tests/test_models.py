@@ -139,14 +139,14 @@ def test_smollm2_conversion_drops_quantizer_and_keeps_logits(tmp_path):
         torch.testing.assert_close(model(ids).logits, gguf(ids).logits)
 
 
-def _copy_llama(vocab: int = 300, seed: int = 0):
+def _copy_llama(vocab: int = 300, seed: int = 0, exact: float = 0.0):
     from searchr1.models.copy_llama import CopyLlamaConfig, CopyLlamaForCausalLM
 
     torch.manual_seed(seed)
     config = CopyLlamaConfig(
         vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=4, max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-        tie_word_embeddings=True,
+        tie_word_embeddings=True, copy_exact_induction_init=exact,
     )
     return CopyLlamaForCausalLM(config).eval()
 
@@ -189,10 +189,12 @@ def test_number_features_code_each_number_token_by_its_value_and_survive_a_save(
 
 
 @torch.no_grad()
-def test_copy_head_incremental_generation_matches_full_forward():
+@pytest.mark.parametrize("exact", [0.0, 3.0])
+def test_copy_head_incremental_generation_matches_full_forward(exact):
     """The copy head's keys and token ids ride in the KV cache: cached decoding (left-padded batch)
-    must give the same distributions as one full forward pass, and they are proper distributions."""
-    model = _copy_llama()
+    must give the same distributions as one full forward pass, and they are proper distributions
+    (also with the exact-token induction term, which reads the cached ids)."""
+    model = _copy_llama(exact=exact)
     ids = torch.randint(3, 300, (2, 10), generator=torch.Generator().manual_seed(1))
     attn = torch.ones_like(ids)
     ids[1, :3], attn[1, :3] = 0, 0
@@ -247,6 +249,36 @@ def test_copy_head_copies_an_untrained_multi_token_name():
     context = torch.tensor([[5, 6, *name, 7, 8, 9, name[0]]])
     out = model.generate(input_ids=context, max_new_tokens=3, do_sample=False, pad_token_id=0, eos_token_id=2)
     assert out[0, -3:].tolist() == name[1:]
+
+
+@torch.no_grad()
+def test_exact_induction_copies_a_phrase_whose_tokens_look_alike():
+    """policy.micro_copy_exact_induction: copying a phrase never trained on (a question in a new world's
+    phrasing, as the first query). Embedding similarity alone jumps to a look-alike token's successor;
+    the exact-token term follows the phrase, and its bigram part picks the right one of two occurrences."""
+    phrase = [201, 57, 133, 57, 88]  # 57 twice: after it comes 133 the first time, 88 the second
+    context = torch.tensor([[5, 6, *phrase, 7, 8, 9, 201]])
+    for exact, expected_ok in ((0.0, False), (50.0, True)):
+        model = _copy_llama(exact=exact)
+        model.copy_gate.bias.fill_(-20.0)  # all mass on the pointer
+        model.copy_query.weight.zero_()
+        model.copy_induction.fill_(0.0 if exact else 50.0)
+        emb = model.model.embed_tokens.weight
+        emb[133] = emb[88]  # two tokens that look alike to the embedding-similarity term
+        out = model.generate(input_ids=context, max_new_tokens=4, do_sample=False, pad_token_id=0, eos_token_id=2)
+        assert (out[0, -4:].tolist() == phrase[1:]) is expected_ok, (exact, out[0, -4:].tolist())
+
+
+def test_exact_induction_is_off_by_default_and_round_trips(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    assert not hasattr(_copy_llama(), "copy_exact_induction")  # older checkpoints load and score as before
+    model = _copy_llama(exact=2.5)
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert loaded.copy_exact_induction.item() == 2.5
+    ids = torch.randint(3, 300, (1, 12), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(loaded(input_ids=ids).logits, model(input_ids=ids).logits)
 
 
 def test_copy_head_round_trips_through_auto_model(tmp_path):

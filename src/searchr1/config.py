@@ -229,6 +229,7 @@ class PolicyConfig(Section):
     micro_max_positions: int = Field(1024, ge=64)
     micro_copy_head: bool = True  # a pointer over the context (copy_llama.py); false = plain Llama
     micro_number_features: int = Field(16, ge=0)  # > 0: number tokens carry a code of their value (copy_llama.py); 0: off
+    micro_copy_exact_induction: float = Field(0.0, ge=0)  # > 0: the copy head's exact-token induction term, this initial weight (copy_llama.py); 0: off
     out_dir: str = "models/base"
 
 

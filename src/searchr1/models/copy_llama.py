@@ -35,9 +35,12 @@ CACHE_ARG = "cache" if "cache" in inspect.signature(LlamaModel.forward).paramete
 class CopyLlamaConfig(LlamaConfig):
     model_type = "searchr1_copy_llama"
 
-    def __init__(self, copy_head_dim: int = 64, copy_induction_init: float = 4.0, number_features: int = 0, **kwargs):
+    def __init__(self, copy_head_dim: int = 64, copy_induction_init: float = 4.0, number_features: int = 0,
+                 copy_exact_induction_init: float = 0.0, **kwargs):
         self.copy_head_dim = copy_head_dim
         self.copy_induction_init = copy_induction_init
+        # > 0: an exact-token induction term as well (CopyLlamaForCausalLM.forward); 0: none (older checkpoints)
+        self.copy_exact_induction_init = copy_exact_induction_init
         self.number_features = number_features  # > 0: number tokens carry a code of their value (NumberedEmbedding)
         super().__init__(**kwargs)
 
@@ -100,6 +103,11 @@ class CopyLlamaForCausalLM(LlamaForCausalLM):
         # Weight of the induction term: how much pointing prefers the token after an earlier copy of
         # the current token, which is how a multi-token name is copied on after its first token.
         self.copy_induction = torch.nn.Parameter(torch.tensor([float(config.copy_induction_init)]))  # 1-d: DeepSpeed broadcasts no 0-d tensors
+        # Weight of the exact-token induction term: the pointer prefers position j when the token before j is
+        # the current token (and more when the one before that is the previous token). Embedding similarity
+        # alone lets a copy of a phrase the model never trained on wander to a similar-looking token.
+        if getattr(config, "copy_exact_induction_init", 0.0):
+            self.copy_exact_induction = torch.nn.Parameter(torch.tensor([float(config.copy_exact_induction_init)]))
         if config.number_features:  # inside the backbone, so the critic's copy of it sees the codes too
             old = self.model.embed_tokens
             self.model.embed_tokens = NumberedEmbedding(old.num_embeddings, old.embedding_dim, old.padding_idx,
@@ -159,6 +167,14 @@ class CopyLlamaForCausalLM(LlamaForCausalLM):
             previous = torch.where(torch.cat([real[:, :1], real[:, :-1]], dim=1), previous, ids)
         before = F.normalize(F.embedding(previous, embed), dim=-1)
         scores = scores + self.copy_induction * (current @ before.transpose(1, 2))
+        if hasattr(self, "copy_exact_induction"):
+            # ids at the query positions and one before them (the context's ids end at the last query position)
+            now = ids[:, -steps:]
+            now_prev = torch.cat([ids[:, :1], ids[:, :-1]], dim=1)[:, -steps:]
+            before_prev = torch.cat([previous[:, :1], previous[:, :-1]], dim=1)  # the token two before j
+            one = now[:, :, None] == previous[:, None, :]
+            two = one & (now_prev[:, :, None] == before_prev[:, None, :])
+            scores = scores + self.copy_exact_induction * (one.to(scores.dtype) + two.to(scores.dtype))
         query_pos = torch.arange(width - steps, width, device=h.device)
         context = torch.arange(width, device=h.device)[None, :]
         allowed = (context <= query_pos[:, None])[None]  # causal
