@@ -265,9 +265,14 @@ def test_a_transfer_evaluation_sets_its_numbers_beside_the_home_worlds(project, 
     cfg.evaluation.max_examples, cfg.evaluation.bootstrap_samples = 4, 50
 
     cfg.evaluation.home_eval = str(tmp_path / "missing.json")
-    with pytest.raises(ConfigError, match="evaluation.home_eval=.*missing.json: no such file"):
+    with pytest.raises(ConfigError, match="evaluation.home_eval: .*missing.json: file not found"):
         evaluate(cfg)
     assert not (tmp_path / "reports" / "eval.json").exists()  # refused before anything was scored
+
+    (tmp_path / "not_eval.json").write_text("[1, 2]")
+    cfg.evaluation.home_eval = str(tmp_path / "not_eval.json")
+    with pytest.raises(ConfigError, match="not_eval.json: not an eval.json"):
+        evaluate(cfg)
 
     cfg.evaluation.home_eval = str(tmp_path / "home_eval.json")
     summary = evaluate(cfg)

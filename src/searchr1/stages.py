@@ -327,19 +327,17 @@ def evaluate(settings: Settings) -> dict:
 
 def _home_results(path: str) -> dict:
     """The ``results`` of evaluation.home_eval (an eval.json written by `searchr1 evaluate`)."""
-    import json
-
     from searchr1.config import ConfigError
+    from searchr1.io import DataError, read_json
 
     try:
-        results = json.loads(Path(path).read_text())["results"]
-    except FileNotFoundError:
-        raise ConfigError(f"evaluation.home_eval={path}: no such file (run `searchr1 evaluate` on the home world "
-                          "first, e.g. `make demo`)") from None
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ConfigError(f"evaluation.home_eval={path}: not an eval.json of `searchr1 evaluate` ({exc!r})") from None
+        summary = read_json(path)
+    except DataError as exc:
+        raise ConfigError(f"evaluation.home_eval: {exc} (the eval.json of `searchr1 evaluate` on the models' home "
+                          "world, e.g. `make demo`'s reports/eval.json)") from None
+    results = summary.get("results") if isinstance(summary, dict) else None
     if not isinstance(results, dict):
-        raise ConfigError(f"evaluation.home_eval={path}: its 'results' is not a mapping of model/method to scores")
+        raise ConfigError(f"evaluation.home_eval={path}: not an eval.json of `searchr1 evaluate` (no 'results' mapping)")
     return results
 
 
