@@ -168,9 +168,9 @@ class CopyLlamaForCausalLM(LlamaForCausalLM):
         before = F.normalize(F.embedding(previous, embed), dim=-1)
         scores = scores + self.copy_induction * (current @ before.transpose(1, 2))
         if hasattr(self, "copy_exact_induction"):
-            # ids at the query positions and one before them (the context's ids end at the last query position)
-            now = ids[:, -steps:]
-            now_prev = torch.cat([ids[:, :1], ids[:, :-1]], dim=1)[:, -steps:]
+            # ids at the query positions and one before them (the context's ids end at the last query position;
+            # ``previous`` already holds "the token before", with a left-padded row's first token as an unpadded one's)
+            now, now_prev = ids[:, -steps:], previous[:, -steps:]
             before_prev = torch.cat([previous[:, :1], previous[:, :-1]], dim=1)  # the token two before j
             one = now[:, :, None] == previous[:, None, :]
             two = one & (now_prev[:, :, None] == before_prev[:, None, :])
