@@ -60,6 +60,7 @@ def test_ppo_profile_learns_where_grpo_does(tmp_path: Path, monkeypatch):
     GRPO's: the first three train only the critic. Whether the critic explains returns is
     tests/test_rl_training.py's (this fixture's 36 questions give it too little to learn from)."""
     monkeypatch.chdir(tmp_path)
+    # the profile's minibatch (128) is for the demo's 32 prompts; this fixture's step has 16 samples
     ppo = [o for o in profile_overrides(ROOT / "profiles" / "ppo.yaml") if not o.startswith("train.minibatch_size=")]
     rows = train_short_micro(tmp_path, ppo + ["train.steps=14"])
     rewards = [row["reward_mean"] for row in rows]
