@@ -10,9 +10,11 @@ import torch
 from searchr1.rl.core import (
     clipped_policy_loss,
     entropy_from_logits,
+    explained_variance,
     kl_penalty,
     masked_mean,
     masked_whiten,
+    turn_of_position,
     value_loss,
 )
 from searchr1.rl.grpo import group_advantages
@@ -110,6 +112,24 @@ def test_gae_all_ones_mask_equals_textbook_recursion():
 def test_gae_gamma_lambda_one_gives_return_minus_value():
     _, ret = compute_gae(REWARDS, VALUES, T([[1.0, 0.0, 1.0, 1.0]]), gamma=1.0, lam=1.0)
     torch.testing.assert_close(ret, T([[1.0, 0.0, 1.0, 1.0]]))  # outcome reward 1 for every generated token
+
+
+def test_turn_of_position_counts_the_retrieved_blocks_before_each_token():
+    # generated g g | retrieved r r | g | r | g g, then padding
+    generated = torch.tensor([[1, 1, 0, 0, 1, 0, 1, 1, 0]])
+    valid = torch.tensor([[1, 1, 1, 1, 1, 1, 1, 1, 0]])
+    assert turn_of_position(generated, valid).tolist() == [[0, 0, 1, 1, 1, 2, 2, 2, 2]]
+
+
+def test_explained_variance_per_turn_tells_a_critic_that_reads_the_evidence():
+    # Two rows: values know nothing before the first retrieved block and predict the return after it.
+    generated = torch.tensor([[1, 1, 0, 1, 1], [1, 1, 0, 1, 1]])
+    valid = torch.ones_like(generated)
+    returns = torch.tensor([[1.0] * 5, [0.0] * 5]) * generated
+    values = torch.tensor([[0.5, 0.5, 0, 1.0, 1.0], [0.5, 0.5, 0, 0.0, 0.0]])
+    turn = turn_of_position(generated, valid)
+    assert explained_variance(values, returns, generated * (turn == 0)) == pytest.approx(0.0)
+    assert explained_variance(values, returns, generated * (turn == 1)) == pytest.approx(1.0)
 
 
 def test_group_advantages_normalise_within_prompt_groups_by_id():

@@ -371,8 +371,14 @@ def test_critic_learns_returns_that_the_prompt_decides(tmp_path):
 
     settings = toy_settings(tmp_path, "ppo", 2, steps=12, lr=1e-5, critic_lr=3e-3, critic_epochs=4)
     trainer = RLTrainer(settings, build_tiny_policy(VOCAB, seed=0, hidden_size=32, layers=1), None, rollout, toy_items())
-    explained = [m["explained_variance"] for m in trainer.train()]
+    history = trainer.train()
+    explained = [m["explained_variance"] for m in history]
     assert abs(explained[0]) < 0.05 and np.mean(explained[-3:]) > 0.5, explained
+    # The toy's responses hold one retrieved block (MASK): the prompt decides the return before it and after it,
+    # and no position follows a second block.
+    for turn in ("explained_variance_turn0", "explained_variance_turn1"):
+        assert np.mean([m[turn] for m in history[-3:]]) > 0.5, [m[turn] for m in history]
+    assert all(m["explained_variance_turn2"] == 0.0 for m in history)
 
 
 @pytest.mark.parametrize("critic_lr,explains", [(3e-3, True), (1e-5, False)])

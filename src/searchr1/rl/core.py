@@ -62,6 +62,14 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
     return 1.0 - var_e / var_r if var_r > 1e-12 else 0.0
 
 
+def turn_of_position(generated_mask: torch.Tensor, valid_mask: torch.Tensor) -> torch.Tensor:
+    """For every response position, how many retrieved (``<information>``) blocks precede it: 0 before the
+    first search's results, 1 after them, and so on."""
+    retrieved = (valid_mask.bool() & ~generated_mask.bool()).to(torch.long)
+    starts = (retrieved.diff(dim=1, prepend=torch.zeros_like(retrieved[:, :1])) > 0).to(torch.long)
+    return starts.cumsum(1)
+
+
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "low_var_kl") -> torch.Tensor:
     """Per-token KL(pi || ref) estimate; k1 = logp - ref, k3 = exp(ref - logp) - (ref - logp) - 1."""
     if kind == "k1":

@@ -38,7 +38,7 @@ from searchr1.models.precision import resolve_dtype
 from searchr1.rl import deepspeed_engines as ds
 from searchr1.rl.actor import Actor
 from searchr1.rl.batch import Batch, collate
-from searchr1.rl.core import explained_variance, kl_penalty
+from searchr1.rl.core import explained_variance, kl_penalty, turn_of_position
 from searchr1.rl.critic import Critic, build_value_model
 from searchr1.rl.grpo import group_advantages, informative_rows
 from searchr1.rl.guard import CollapseGuard
@@ -56,6 +56,9 @@ RolloutFn = Callable[[torch.nn.Module, list[Any], int], list[Sample]]
 # The update statistics every step logs (0 where no row was trained on), summed over ranks' shares.
 UPDATE_KEYS = ("policy_loss", "kl_loss", "clip_frac", "approx_kl", "entropy", "kl")
 CRITIC_KEYS = ("value_loss", "value_clip_frac")
+# How much of the returns' variance the critic explains before the update: over all its positions, and over
+# those after 0, 1 and 2+ retrieved blocks (the first is the critic's guess from the question alone).
+CRITIC_SCORES = ("explained_variance", "explained_variance_turn0", "explained_variance_turn1", "explained_variance_turn2")
 
 
 class CollapseError(SearchR1Error, RuntimeError):
@@ -183,10 +186,12 @@ class RLTrainer:
         # 4. Rewards per token, and advantages.
         rewards = token_rewards(batch, cfg.kl_coef if cfg.kl_in_reward else 0.0, cfg.kl_estimator)
         if cfg.algorithm == "ppo":
-            batch.old_values = self.critic.values(batch).to(self.device)
-            advantages, batch.returns = compute_gae(rewards, batch.old_values, self.critic.mask(batch), cfg.gamma, cfg.lam)
-            # How much of the returns' variance the critic explains before this step's update.
-            scores["explained_variance"] = explained_variance(batch.old_values, batch.returns, self.critic.mask(batch))
+            batch.old_values, mask = self.critic.values(batch).to(self.device), self.critic.mask(batch)
+            advantages, batch.returns = compute_gae(rewards, batch.old_values, mask, cfg.gamma, cfg.lam)
+            scores["explained_variance"] = explained_variance(batch.old_values, batch.returns, mask)
+            turn = turn_of_position(batch.generated_mask, batch.valid_mask).clamp(max=2)
+            for k in range(3):
+                scores[f"explained_variance_turn{k}"] = explained_variance(batch.old_values, batch.returns, mask * (turn == k))
             batch.advantages = advantages * batch.loss_mask
         elif cfg.algorithm == "grpo":
             batch.advantages = group_advantages(batch.rewards, batch.group_ids).to(self.device)[:, None] * batch.loss_mask
@@ -255,7 +260,7 @@ class RLTrainer:
         ], dtype=torch.float64)).tolist()
         n, reward, reward_sq, score, tokens, generated, searches, invalid, finished = sums
         variance = (reward_sq - reward * reward / n) / (n - 1) if n > 1 else 0.0
-        critic = CRITIC_KEYS + ("explained_variance",) if self.critic is not None else ()  # the last: a score, not an update's
+        critic = CRITIC_KEYS + CRITIC_SCORES if self.critic is not None else ()
         untrained = UPDATE_KEYS + ("grad_norm", "actor_trained") + critic
         return {
             "reward_mean": reward / n,
