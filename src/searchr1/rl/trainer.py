@@ -58,7 +58,11 @@ UPDATE_KEYS = ("policy_loss", "kl_loss", "clip_frac", "approx_kl", "entropy", "k
 CRITIC_KEYS = ("value_loss", "value_clip_frac")
 # How much of the returns' variance the critic explains before the update: over all its positions, and over
 # those after 0, 1 and 2+ retrieved blocks (the first is the critic's guess from the question alone).
-CRITIC_SCORES = ("explained_variance", "explained_variance_turn0", "explained_variance_turn1", "explained_variance_turn2")
+# And the mean of returns - values there (> 0: the critic is too pessimistic at that point).
+CRITIC_SCORES = ("explained_variance",) + tuple(f"{m}_turn{k}" for m in ("explained_variance", "value_error") for k in range(3))
+# The actor's signal on one-search and on multi-search trajectories: the mean over samples of the summed advantage
+# (a token-weighted baseline with no critic pushes the longer, multi-search ones down: docs/results.md, issue 31).
+ADVANTAGE_KEYS = ("advantage_one_search", "advantage_more_searches")
 
 
 class CollapseError(SearchR1Error, RuntimeError):
@@ -192,11 +196,17 @@ class RLTrainer:
             turn = turn_of_position(batch.generated_mask, batch.valid_mask).clamp(max=2)
             for k in range(3):
                 scores[f"explained_variance_turn{k}"] = explained_variance(batch.old_values, batch.returns, mask * (turn == k))
+                scores[f"value_error_turn{k}"] = _global_mean(batch.returns - batch.old_values, mask * (turn == k))
             batch.advantages = advantages * batch.loss_mask
         elif cfg.algorithm == "grpo":
             batch.advantages = group_advantages(batch.rewards, batch.group_ids).to(self.device)[:, None] * batch.loss_mask
         else:
             batch.advantages, _ = reinforce_pp_advantages(rewards, batch.loss_mask, cfg.gamma)
+
+        searches = turn_of_position(batch.generated_mask, batch.valid_mask)[:, -1]
+        summed = (batch.advantages * batch.loss_mask).sum(1)
+        scores["advantage_one_search"] = _global_mean(summed, (searches == 1).float())
+        scores["advantage_more_searches"] = _global_mean(summed, (searches >= 2).float())
 
         # 5. ppo_epochs passes of minibatch updates (actor, then critic, one optimizer step each).
         t_update = time.perf_counter()
@@ -261,7 +271,7 @@ class RLTrainer:
         n, reward, reward_sq, score, tokens, generated, searches, invalid, finished = sums
         variance = (reward_sq - reward * reward / n) / (n - 1) if n > 1 else 0.0
         critic = CRITIC_KEYS + CRITIC_SCORES if self.critic is not None else ()
-        untrained = UPDATE_KEYS + ("grad_norm", "actor_trained") + critic
+        untrained = UPDATE_KEYS + ("grad_norm", "actor_trained") + ADVANTAGE_KEYS + critic
         return {
             "reward_mean": reward / n,
             "reward_std": max(variance, 0.0) ** 0.5,
