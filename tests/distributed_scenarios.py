@@ -96,6 +96,8 @@ SCENARIOS = {
     "small": dict(zero_stage=2, filter_groups=True, prompts_per_step=2, num_generations=4, minibatch_size=8, steps=3),
     # two epochs over the step: old log-probs from a separate pass, then a second update
     "two_epochs": dict(zero_stage=2, ppo_epochs=2, steps=2),
+    # PPO: the critic's values, its update and the per-turn scores over both ranks' rows
+    "ppo": dict(zero_stage=2, algorithm="ppo", critic_lr=1e-3, critic_epochs=2, steps=2),
     # resume: 4 steps at once vs 2 steps, then a new trainer resuming to 4
     "whole": dict(zero_stage=2, steps=4, save_every=2),
 }

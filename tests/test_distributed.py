@@ -17,7 +17,7 @@ import torch
 
 from searchr1.models.tiny import build_tiny_policy
 from searchr1.rl.prompts import PromptSampler, shard
-from searchr1.rl.trainer import RLTrainer
+from searchr1.rl.trainer import ADVANTAGE_KEYS, CRITIC_SCORES, RLTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SEARCHR1_SELF_RANK")
@@ -61,7 +61,7 @@ def test_ranks_roll_out_disjoint_prompts_whose_union_is_the_steps_and_rank_0_kee
     assert r1["history"][0]["reward_mean"] == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("name", ["zero2", "zero3", "filtered", "small", "two_epochs"])
+@pytest.mark.parametrize("name", ["zero2", "zero3", "filtered", "small", "two_epochs", "ppo"])
 def test_two_ranks_make_the_same_update_as_one_rank_on_the_whole_batch(two_ranks, tmp_path, name):
     train = dict(sc.SCENARIOS[name])
     train["logprob_chunk"] = 0  # the reference scores in one pass: chunked scoring must agree too
@@ -75,6 +75,13 @@ def test_two_ranks_make_the_same_update_as_one_rank_on_the_whole_batch(two_ranks
             assert m2["policy_loss"] == pytest.approx(m1["policy_loss"], rel=1e-4, abs=1e-7)
             assert m2["samples_trained"] == m1["samples_trained"]
     assert one.step == sc.SCENARIOS[name].get("steps", 1)
+    if name == "ppo":  # the critic's scores and the advantage sums are over every rank's rows, as on one rank
+        # (not value_clip_frac: at the first pass values == old values, and float rounding breaks the ties)
+        keys = ("value_loss",) + CRITIC_SCORES + ADVANTAGE_KEYS
+        for rank in (0, 1):
+            for m2, m1 in zip(load(two_ranks, name, rank)["history"], single["history"]):
+                assert {k: m2[k] for k in keys} == pytest.approx({k: m1[k] for k in keys}, rel=1e-4, abs=1e-6)
+        assert any(m["explained_variance_turn1"] != 0 for m in single["history"])  # every sample has turn-1 tokens
     if name == "filtered":  # some groups were dropped, so the ranks held different row counts
         assert 0 < single["history"][0]["samples_trained"] < 32
     if name == "small":  # a step where one rank had no informative row, and the run still trained

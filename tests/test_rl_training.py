@@ -91,6 +91,11 @@ def test_toy_reward_rises_from_below_02_to_above_08(tmp_path, algorithm, zero_st
     assert np.mean(curve[:2]) < 0.2, curve
     assert np.mean(curve[-3:]) > 0.8, curve
     assert all(np.isfinite(m["policy_loss"]) and m["grad_norm"] > 0 for m in history)
+    # Every toy sample searches once (one retrieved block in MASK), so none counts as multi-search; and its samples
+    # have equal lengths, so advantages with mean 0 over tokens (whitened, or group-normalised) sum to 0 per sample
+    # on average: the one-search mean is 0 under every algorithm.
+    assert all(m["advantage_more_searches"] == 0.0 for m in history)
+    assert all(abs(m["advantage_one_search"]) < 1e-3 for m in history), [m["advantage_one_search"] for m in history]
 
 
 @pytest.mark.parametrize("schedule,factors", [

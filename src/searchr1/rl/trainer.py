@@ -189,21 +189,22 @@ class RLTrainer:
 
         # 4. Rewards per token, and advantages.
         rewards = token_rewards(batch, cfg.kl_coef if cfg.kl_in_reward else 0.0, cfg.kl_estimator)
+        turn = turn_of_position(batch.generated_mask, batch.valid_mask)  # retrieved blocks before each position
         if cfg.algorithm == "ppo":
             batch.old_values, mask = self.critic.values(batch).to(self.device), self.critic.mask(batch)
             advantages, batch.returns = compute_gae(rewards, batch.old_values, mask, cfg.gamma, cfg.lam)
             scores["explained_variance"] = explained_variance(batch.old_values, batch.returns, mask)
-            turn = turn_of_position(batch.generated_mask, batch.valid_mask).clamp(max=2)
             for k in range(3):
-                scores[f"explained_variance_turn{k}"] = explained_variance(batch.old_values, batch.returns, mask * (turn == k))
-                scores[f"value_error_turn{k}"] = _global_mean(batch.returns - batch.old_values, mask * (turn == k))
+                at_turn = mask * (turn.clamp(max=2) == k)
+                scores[f"explained_variance_turn{k}"] = explained_variance(batch.old_values, batch.returns, at_turn)
+                scores[f"value_error_turn{k}"] = _global_mean(batch.returns - batch.old_values, at_turn)
             batch.advantages = advantages * batch.loss_mask
         elif cfg.algorithm == "grpo":
             batch.advantages = group_advantages(batch.rewards, batch.group_ids).to(self.device)[:, None] * batch.loss_mask
         else:
             batch.advantages, _ = reinforce_pp_advantages(rewards, batch.loss_mask, cfg.gamma)
 
-        searches = turn_of_position(batch.generated_mask, batch.valid_mask)[:, -1]
+        searches = turn[:, -1]
         summed = (batch.advantages * batch.loss_mask).sum(1)
         scores["advantage_one_search"] = _global_mean(summed, (searches == 1).float())
         scores["advantage_more_searches"] = _global_mean(summed, (searches >= 2).float())
