@@ -194,8 +194,9 @@ class RLTrainer:
             batch.old_values, mask = self.critic.values(batch).to(self.device), self.critic.mask(batch)
             advantages, batch.returns = compute_gae(rewards, batch.old_values, mask, cfg.gamma, cfg.lam)
             scores["explained_variance"] = explained_variance(batch.old_values, batch.returns, mask)
+            capped = turn.clamp(max=2)
             for k in range(3):
-                at_turn = mask * (turn.clamp(max=2) == k)
+                at_turn = mask * (capped == k)
                 scores[f"explained_variance_turn{k}"] = explained_variance(batch.old_values, batch.returns, at_turn)
                 scores[f"value_error_turn{k}"] = _global_mean(batch.returns - batch.old_values, at_turn)
             batch.advantages = advantages * batch.loss_mask
@@ -205,7 +206,7 @@ class RLTrainer:
             batch.advantages, _ = reinforce_pp_advantages(rewards, batch.loss_mask, cfg.gamma)
 
         searches = turn[:, -1]
-        summed = (batch.advantages * batch.loss_mask).sum(1)
+        summed = batch.advantages.sum(1)  # every branch above leaves advantages 0 off the loss mask
         scores["advantage_one_search"] = _global_mean(summed, (searches == 1).float())
         scores["advantage_more_searches"] = _global_mean(summed, (searches >= 2).float())
 
