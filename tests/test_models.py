@@ -189,6 +189,53 @@ def test_number_features_code_each_number_token_by_its_value_and_survive_a_save(
 
 
 @torch.no_grad()
+def test_number_relation_codes_each_number_against_the_one_before_and_cached_decoding_reads_it(micro_tokenizer, tmp_path):
+    """With policy.micro_number_relation each number token also carries whether the number so far (its pieces
+    read as one: " 18" "05" is 1805) is larger than, smaller than or equal to the number before it in the
+    sequence; words get nothing. Cached decoding (a left-padded batch) gives the full forward's distributions,
+    so the code reads the cached tokens; it survives a save."""
+    model = build_micro_policy(PolicyConfig(micro_hidden_size=32, micro_number_features=8, micro_number_relation=True),
+                               micro_tokenizer).eval()
+    embed = model.model.embed_tokens
+    text = " born in 1805 and 1840 vs 1805 then 1805 and 7"
+    ids = torch.tensor([micro_tokenizer.encode(text)])
+    pieces = [micro_tokenizer.decode([t]) for t in ids[0]]
+    rel = embed.number_relation(ids)[0]
+    # the last piece of each number: its whole value against the number before it
+    ends = [i for i, p in enumerate(pieces) if p.strip().isdigit() and not (i + 1 < len(pieces) and pieces[i + 1].isdigit())]
+    assert len(ends) == 5
+    words = [i for i, p in enumerate(pieces) if not p.strip().isdigit()]
+    assert (rel[words] == 0).all()
+    assert (rel[ends[0]] == 0).all()  # 1805: no number before it
+    assert rel[ends[1]].tolist() == [1, 0, 0]  # 1840 > 1805
+    assert rel[ends[2]].tolist() == [0, 1, 0]  # 1805 < 1840
+    assert rel[ends[3]].tolist() == [0, 0, 1]  # 1805 = 1805
+    assert rel[ends[4]].tolist() == [0, 1, 0]  # 7 < 1805
+    # cached decoding = full forward, for a left-padded batch
+    batch = torch.cat([ids, torch.cat([torch.zeros(1, 3, dtype=torch.long), ids[:, :-3]], 1)])
+    attn = torch.ones_like(batch)
+    attn[1, :3] = 0
+    out = model.generate(input_ids=batch, attention_mask=attn, max_new_tokens=5, do_sample=False, pad_token_id=0,
+                         eos_token_id=2, return_dict_in_generate=True, output_logits=True)
+    seq, n = out.sequences, batch.shape[1]
+    full_attn = torch.cat([attn, torch.ones(2, seq.shape[1] - n, dtype=torch.long)], 1)
+    position_ids = (full_attn.cumsum(-1) - 1).clamp(min=0)
+    full = model(input_ids=seq, attention_mask=full_attn, position_ids=position_ids, use_cache=False).logits
+    for t, step_logits in enumerate(out.logits):
+        torch.testing.assert_close(step_logits, full[:, n - 1 + t], atol=1e-5, rtol=1e-5)
+    # the code reaches the logits, and a saved model reads numbers the same way
+    before = model(input_ids=ids).logits
+    model.save_pretrained(tmp_path)
+    micro_tokenizer.save_pretrained(tmp_path)
+    loaded, _ = load_policy(str(tmp_path))
+    torch.testing.assert_close(loaded.eval()(input_ids=ids).logits, before)
+    embed.relation_embed.weight.zero_()
+    assert not torch.allclose(model(input_ids=ids).logits, before)
+    off = build_micro_policy(PolicyConfig(micro_hidden_size=32, micro_number_features=8), micro_tokenizer)
+    assert not hasattr(off.model.embed_tokens, "relation_embed")  # off by default: older checkpoints load as they were
+
+
+@torch.no_grad()
 @pytest.mark.parametrize("exact", [0.0, 3.0])
 def test_copy_head_incremental_generation_matches_full_forward(exact):
     """The copy head's keys and token ids ride in the KV cache: cached decoding (left-padded batch)

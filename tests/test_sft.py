@@ -280,6 +280,31 @@ def test_short_sft_run_lowers_loss_and_saves_a_loadable_policy(tmp_path):
     assert (tmp_path / "sft" / "sft_examples.sample.jsonl").exists()
 
 
+def test_number_drills_join_the_cold_start_from_the_corpus_numbers_and_train_the_relation_code(tmp_path):
+    """sft.number_drills: that many relation drills on the corpus's numbers join the trajectories (counted
+    apart), and the cold start trains the micro policy's relation code (policy.micro_number_relation)."""
+    docs, train, _ = make_world(20)
+    docs += [Doc(f"n{i}", f'"Mill {i}"\nMill {i} was built in {1700 + 37 * i} and had {1200 + 410 * i} workers.')
+             for i in range(12)]
+    corpus, qa = tmp_path / "corpus.jsonl", tmp_path / "train.jsonl"
+    corpus.write_text("".join(json.dumps({"id": d.id, "contents": d.contents}) + "\n" for d in docs))
+    qa.write_text("".join(json.dumps(r) + "\n" for r in train))
+    settings = Settings(
+        policy=PolicyConfig(kind="micro", micro_hidden_size=32, micro_layers=1, micro_vocab_size=400,
+                            micro_number_features=8, micro_number_relation=True),
+        sft=SFTConfig(epochs=1, lr=3e-3, batch_size=8, number_drills=24, relation_after=True),
+    )
+    settings.corpus.out_path = str(corpus)
+    settings.retrieval.topk = 2
+    base = prepare_base_policy(settings.policy, corpus, [qa], tmp_path / "base")
+    metrics = run_sft(settings, base, qa, KeywordRetriever(docs), tmp_path / "sft")
+    assert metrics["number_drills"] == 24 and metrics["examples"] == len(train) + 24
+    assert metrics["searches_per_example"] >= 1  # the trajectories' own, drills apart
+    before = load_policy(str(base))[0].model.embed_tokens.relation_embed.weight
+    after = load_policy(str(tmp_path / "sft"))[0].model.embed_tokens.relation_embed.weight
+    assert not torch.equal(before, after)
+
+
 def test_rejection_source_keeps_only_correct_finished_samples(tmp_path, tokenizer):
     from searchr1.rollout.types import Sample
 

@@ -19,7 +19,7 @@ from searchr1.sft.mining import (
     remaining_words,
 )
 from searchr1.sft.train import comparison_copies
-from searchr1.sft.trajectories import build_sft_examples, relation, swapped
+from searchr1.sft.trajectories import build_sft_examples, corpus_numbers, number_drills, relation, swapped
 from tests.test_sft import KeywordRetriever, make_world, turns_text
 
 
@@ -161,7 +161,7 @@ def test_a_comparisons_trajectory_looks_up_both_names_and_writes_out_their_value
     # The plan of any multi-search path, then what is compared.
     assert "searches. I will compare Ada Pell and Ilsa Marrow, Ada Pell first. </think>" in turns
     # Each value is noted in the thought right after the block that showed it; the answer's thought writes
-    # the relation of the two values (the later-noted first) and names the winner.
+    # both values (the later-noted first), then their relation, and names the winner.
     assert "<think> Ada Pell: 1801. Next, I should search for Ilsa Marrow. </think>" in turns or (
         "<think> Ada Pell: 1801. Now I need to find Ilsa Marrow. </think>" in turns)
     assert "<search> Ilsa Marrow </search>" in turns
@@ -169,8 +169,34 @@ def test_a_comparisons_trajectory_looks_up_both_names_and_writes_out_their_value
                           "<answer> Ilsa Marrow </answer>")
     assert ex["comparison"]
     assert relation("120,000", "95,500") == "95,500 < 120,000. " and relation("1.2.3", "7") == ""
+    assert relation("120,000", "95,500", after=True) == "95,500 vs 120,000:<. "
+    # sft.relation_after: the relation token after both values
+    (after,) = build_sft_examples([COMPARE], [path.queries], KeywordRetriever(PEOPLE), 1,
+                                  cfg.model_copy(update={"relation_after": True}))
+    assert turns_text(after).endswith("<think> Ilsa Marrow: 1795. 1795 vs 1801:<. So the answer is Ilsa Marrow. "
+                                      "</think>\n<answer> Ilsa Marrow </answer>")
     # A path that never showed the other side's value gives no example.
     assert build_sft_examples([COMPARE], [["Ada Pell"]], KeywordRetriever(PEOPLE), 1, cfg) == []
+
+
+def test_number_drills_compare_pairs_of_the_corpus_numbers_of_one_length_and_train_only_the_relation():
+    numbers = corpus_numbers(["Ada Pell was born in 1801 in Kastrin.", "Kastrin has 120000 people; in 1795, 95500.",
+                              "Version 1.2.3 of 7 tools", "It opened in 1840."])
+    assert numbers == ["1801", "120000", "1795", "95500", "7", "1840"]  # "1.2.3" is not a number
+    drills = number_drills(numbers, 200, seed=0)
+    assert len(drills) == 200 and drills == number_drills(numbers, 200, seed=0)
+    seen = set()
+    for d in drills:
+        (head, context), (op, trained), (tail, after) = d["segments"]
+        first, second = head.strip(" :").split(" vs ")
+        assert len(first) == len(second) and first in numbers and second in numbers  # one length: 4 digits here
+        assert op == {-1: "<", 0: "=", 1: ">"}[(int(first) > int(second)) - (int(first) < int(second))]
+        # the relation token alone is trained; text after it, so no end of turn follows (tokenize_example)
+        assert (context, trained, after) == (False, True, False)
+        assert f"{head}{op}{tail}" == " " + relation(second, first, after=True)[:-1] + " So"  # the trajectories' own
+        seen.add(op)
+    assert seen == {"<", ">", "="}
+    assert number_drills(["7", "1801"], 5) == []  # no length with two different numbers: nothing to compare
 
 
 def test_half_the_comparison_copies_ask_with_the_names_swapped():

@@ -229,6 +229,7 @@ class PolicyConfig(Section):
     micro_max_positions: int = Field(1024, ge=64)
     micro_copy_head: bool = True  # a pointer over the context (copy_llama.py); false = plain Llama
     micro_number_features: int = Field(16, ge=0)  # > 0: number tokens carry a code of their value (copy_llama.py); 0: off
+    micro_number_relation: bool = False  # with number features: each number also carries its order against the number before it (copy_llama.py)
     micro_copy_exact_induction: float = Field(0.0, ge=0)  # > 0: the copy head's exact-token induction term, this initial weight (copy_llama.py); 0: off
     out_dir: str = "models/base"
 
@@ -305,6 +306,15 @@ class SFTConfig(Section):
     comparison_swaps: bool = Field(
         True, description="Half of the comparison copies ask with the two names swapped and look them up in the "
         "other order: the answer then follows from the values, not from which name the question put first."
+    )
+    relation_after: bool = Field(
+        False, description="A comparison writes its relation after both values (\"1825 vs 1758:>\"), not between "
+        "them (\"1825 > 1758\"): the form number_drills train and policy.micro_number_relation serves."
+    )
+    number_drills: int = Field(
+        0, ge=0, description="Short examples of the relation a comparison writes, on pairs of the corpus's own "
+        "numbers (\"1755 vs 1740:\" -> \">\", sft/trajectories.py): in a trajectory that token is one of a "
+        "hundred trained, too little for a small policy to learn to compare. 0: none."
     )
     num_examples: int | None = Field(None, ge=1)
     epochs: int = Field(2, ge=1)

@@ -36,13 +36,17 @@ class CopyLlamaConfig(LlamaConfig):
     model_type = "searchr1_copy_llama"
 
     def __init__(self, copy_head_dim: int = 64, copy_induction_init: float = 4.0, number_features: int = 0,
-                 copy_exact_induction_init: float = 0.0, **kwargs):
+                 copy_exact_induction_init: float = 0.0, number_relation: bool = False, **kwargs):
         self.copy_head_dim = copy_head_dim
         self.copy_induction_init = copy_induction_init
         # > 0: an exact-token induction term as well (CopyLlamaForCausalLM.forward); 0: none (older checkpoints)
         self.copy_exact_induction_init = copy_exact_induction_init
         self.number_features = number_features  # > 0: number tokens carry a code of their value (NumberedEmbedding)
+        self.number_relation = number_relation  # and of their order against the number before them
         super().__init__(**kwargs)
+
+
+MAX_NUMBER_TOKENS = 8  # the longest number, in tokens, the relation code reads whole
 
 
 class NumberedEmbedding(torch.nn.Embedding):
@@ -53,13 +57,27 @@ class NumberedEmbedding(torch.nn.Embedding):
     token adds a learnt projection of a thermometer code of its value (ramps between quantiles of the
     vocabulary's numbers, whose sum grows with the value): "larger" becomes a direction in the
     embedding. Its weight stays ``.weight``, so the tied LM head is unchanged.
+
+    With ``relation`` (``policy.micro_number_relation``) each token of a number also carries whether the
+    number so far is larger than, smaller than or equal to the number before it in the sequence, its pieces
+    read as one number (" 4" "29" "60" "0" is 429600): a comparison's "1825 vs 1758:" then holds its
+    judgement in the last number's embedding, one token before the relation the policy writes. Without it the
+    relation needs an attention that finds the other value and compares codes, which the cold start's few
+    hundred comparisons never taught (issue 30, docs/results.md). It reads the tokens before ``input_ids``
+    too: the copy head hands over the ids its generation cache holds (``prefix_ids``).
     """
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None, features: int):
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None, features: int,
+                 relation: bool = False):
         super().__init__(num_embeddings, embedding_dim, padding_idx)
         self.register_buffer("number_values", torch.full((num_embeddings,), -1.0))  # -1: not a number
         self.register_buffer("number_thresholds", torch.linspace(0, 1, features + 1))
         self.number_embed = torch.nn.Linear(features + 1, embedding_dim, bias=False)
+        if relation:
+            # Digit tokens that continue a number ("29" in " 4" "29" "60" "0"), their values and digit counts.
+            self.register_buffer("digit_values", torch.full((num_embeddings,), -1.0))
+            self.register_buffer("digit_lengths", torch.zeros(num_embeddings))
+            self.relation_embed = torch.nn.Linear(3, embedding_dim, bias=False)
 
     def set_number_tokens(self, tokenizer) -> int:
         """Mark the tokens that are a number starting a word (" 1825", or " 180" where the vocabulary splits
@@ -69,6 +87,9 @@ class NumberedEmbedding(torch.nn.Embedding):
             text = tokenizer.decode([token_id])
             if text.startswith(" ") and text[1:].isdigit() and len(text) <= 8:
                 values[token_id] = float(text[1:])
+            elif hasattr(self, "digit_values") and text.isdigit() and len(text) <= 8:
+                self.digit_values[token_id] = float(text)
+                self.digit_lengths[token_id] = len(text)
         numbers = values[values >= 0]
         self.number_values.copy_(values)
         if len(numbers):  # none (a corpus without numbers): every code stays 0
@@ -82,9 +103,34 @@ class NumberedEmbedding(torch.nn.Embedding):
         ramps = ((v - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1)
         return torch.cat([ramps, torch.ones_like(v)], dim=-1) * (v >= 0).to(ramps.dtype)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def number_relation(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, S, 3) for token ids (B, S): at each token of a number (" 4" "29" "60" "0" read as 4, 429, 42960,
+        429600), whether the number so far is larger than, smaller than or equal to the number before it in
+        the sequence; zeros elsewhere. "1881 vs 1822" then carries its judgement on its last token."""
+        start = self.number_values[ids].double()
+        more, scale = self.digit_values[ids].double(), 10.0 ** self.digit_lengths[ids].double()
+        value = start
+        for _ in range(MAX_NUMBER_TOKENS - 1):  # each pass extends every number by one more token
+            before = F.pad(value[:, :-1], (1, 0), value=-1.0)
+            value = torch.where((start < 0) & (more >= 0) & (before >= 0), before * scale + more, value)
+        pos = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+        first = torch.where(start >= 0, pos, -1).cummax(1).values  # where the current number began
+        last = torch.where(value >= 0, pos, -1).cummax(1).values  # the latest number token so far
+        end_before = torch.where(first > 0, last.gather(1, (first - 1).clamp_min(0)), -1)  # the number before's end
+        previous = torch.where(end_before >= 0, value.gather(1, end_before.clamp_min(0)), -1.0)
+        on = ((value >= 0) & (previous >= 0))[..., None]
+        rel = torch.stack([value > previous, value < previous, value == previous], dim=-1)
+        return (rel & on).float()
+
+    def forward(self, input_ids: torch.Tensor, prefix_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """``prefix_ids``: the tokens before ``input_ids`` (cached decoding), which the relation code reads."""
         embeds = super().forward(input_ids)
-        return embeds + self.number_embed(self.number_code(input_ids).to(embeds.dtype))
+        embeds = embeds + self.number_embed(self.number_code(input_ids).to(embeds.dtype))
+        if hasattr(self, "relation_embed"):
+            ids = input_ids if prefix_ids is None else torch.cat([prefix_ids, input_ids], dim=1)
+            rel = self.number_relation(ids)[:, -input_ids.shape[1]:]
+            embeds = embeds + self.relation_embed(rel.to(embeds.dtype))
+        return embeds
 
 
 class CopyLlamaForCausalLM(LlamaForCausalLM):
@@ -111,7 +157,7 @@ class CopyLlamaForCausalLM(LlamaForCausalLM):
         if config.number_features:  # inside the backbone, so the critic's copy of it sees the codes too
             old = self.model.embed_tokens
             self.model.embed_tokens = NumberedEmbedding(old.num_embeddings, old.embedding_dim, old.padding_idx,
-                                                        config.number_features)
+                                                        config.number_features, getattr(config, "number_relation", False))
         self.post_init()
 
     def _copy_layer(self, cache) -> int:
@@ -121,6 +167,15 @@ class CopyLlamaForCausalLM(LlamaForCausalLM):
         while len(cache.layers) <= idx:
             cache.layers.append(layer_class())
         return idx
+
+    def _cached_ids(self, cache) -> torch.Tensor | None:
+        """The token ids the generation cache already holds (its copy layer), or None."""
+        if cache is None or len(cache.layers) <= self.config.num_hidden_layers:
+            return None
+        layer = cache.layers[self.config.num_hidden_layers]
+        if not getattr(layer, "is_initialized", False) or layer.values.numel() == 0:
+            return None
+        return layer.values[:, 0, :, 0].long()
 
     def forward(
         self,
@@ -139,8 +194,13 @@ class CopyLlamaForCausalLM(LlamaForCausalLM):
         only (a sixth of SFT positions): the vocabulary-wide mixing is most of this head's cost."""
         if input_ids is None:
             raise ValueError("the copy head needs input_ids (it points at context tokens)")
+        cache = kwargs.get(CACHE_ARG)
+        embed = self.model.embed_tokens
+        if hasattr(embed, "relation_embed"):  # the relation code reads the cached tokens before input_ids
+            inputs_embeds = embed(input_ids, self._cached_ids(cache))
         out = self.model(
-            input_ids=input_ids,
+            input_ids=input_ids if inputs_embeds is None else None,
+            inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
             use_cache=use_cache,

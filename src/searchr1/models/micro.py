@@ -78,7 +78,8 @@ def build_micro_policy(cfg, tokenizer):
         log.warning("policy.micro_number_features is part of the copy_llama architecture: off with micro_copy_head=false")
     config_cls, model_cls = (CopyLlamaConfig, CopyLlamaForCausalLM) if cfg.micro_copy_head else (LlamaConfig, LlamaForCausalLM)
     number_features = cfg.micro_number_features if cfg.micro_copy_head else 0
-    extra = {"number_features": number_features, "copy_exact_induction_init": cfg.micro_copy_exact_induction} if cfg.micro_copy_head else {}
+    extra = {"number_features": number_features, "number_relation": bool(number_features and cfg.micro_number_relation),
+             "copy_exact_induction_init": cfg.micro_copy_exact_induction} if cfg.micro_copy_head else {}
     config = config_cls(
         **extra,
         vocab_size=len(tokenizer),

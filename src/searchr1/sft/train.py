@@ -24,7 +24,7 @@ from searchr1.retrieval.base import Retriever
 from searchr1.rollout.loop import fit_docs, fit_passages
 from searchr1.rollout.types import Sample
 from searchr1.sft.mining import compared_names, mine_paths, mining_report
-from searchr1.sft.trajectories import build_sft_examples, gold_queries, swapped
+from searchr1.sft.trajectories import build_sft_examples, corpus_numbers, gold_queries, number_drills, swapped
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +268,9 @@ def run_sft(
 
         records = build(rows, paths)
         records += comparison_copies(records, rows, paths, cfg, build)
+        if cfg.number_drills:
+            numbers = corpus_numbers(row.get("contents", "") for _, row in iter_jsonl(settings.corpus.out_path))
+            records += number_drills(numbers, cfg.number_drills, seed=settings.seed)
         tokenized = [tokenize_example(ex["segments"], tokenizer, max_len) for ex in records]
         # A turn the rollout cannot finish within max_turn_tokens would teach an action the policy
         # can never complete: such examples are left out (and counted).
@@ -298,11 +301,13 @@ def run_sft(
     log.info("cold start computes in %s (policy.dtype=%s)", compute_dtype, settings.policy.dtype)
     metrics = train_on_examples(model, tokenizer, tokenized, cfg, settings.seed, log_fn, compute_dtype)
     model.config.use_cache = True
+    trajectories = [r for r in records if not r.get("number_drill")]
     metrics.update(
         questions=len(rows),
         examples=len(records),
         coverage=len(records) / len(rows),
-        searches_per_example=sum(r["num_searches"] for r in records) / len(records),
+        searches_per_example=sum(r["num_searches"] for r in trajectories) / max(len(trajectories), 1),
+        number_drills=len(records) - len(trajectories),
         rag_examples=sum(r.get("rag", False) for r in records),
         re_searched=sum(r.get("re_searched", False) for r in records),
         skipped_hop=sum(r.get("skipped_hop", False) for r in records),

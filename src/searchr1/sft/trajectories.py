@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from tqdm import tqdm
 
@@ -71,14 +71,48 @@ def new_facts(names: Sequence[str], noted: dict[str, str], docs: Sequence[Doc], 
     return "".join(notes)
 
 
-def relation(first: str, second: str) -> str:
-    """The two noted values compared, the later-noted first ("1758 < 1825. "): a judgement between two
-    adjacent numbers, which a small model learns, where naming the winner straight away it did not."""
+def relation(first: str, second: str, after: bool = False) -> str:
+    """The two noted values compared, the later-noted first: "1825 > 1758. " (the relation between them), or
+    with ``after`` (``sft.relation_after``) "1825 vs 1758:>. ": the relation token after both numbers, where
+    the policy reads them side by side and, with ``policy.micro_number_relation``, the second one's embedding
+    holds its order against the first."""
     try:
         a, b = (float(v.replace(",", "")) for v in (first, second))
     except ValueError:  # "1.2.3": not a number to compare
         return ""
-    return f"{second} {'<' if b < a else '>' if b > a else '='} {first}. "
+    op = "<" if b < a else ">" if b > a else "="
+    return f"{second} vs {first}:{op}. " if after else f"{second} {op} {first}. "
+
+
+NUMBER = re.compile(r"(?<![\w.,])\d{1,7}(?![\w.,]\d)")
+
+
+def corpus_numbers(texts: Iterable[str]) -> list[str]:
+    """The whole numbers the passages state (years, counts), as written: what comparisons compare."""
+    return [m.group(0) for text in texts for m in NUMBER.finditer(text)]
+
+
+def number_drills(numbers: Sequence[str], count: int, seed: int = 0) -> list[dict]:
+    """``count`` short examples of the relation a comparison writes, on pairs of the corpus's numbers of
+    the same length ("1755 vs 1740:" -> ">"): in a trajectory the relation is one token of a hundred trained,
+    too little signal for a small policy to learn to compare (issue 30, docs/results.md); here it is the
+    only one. The relation token alone is trained; the text after it is context, so no end of turn follows."""
+    by_length: dict[int, list[str]] = {}
+    for n in numbers:
+        by_length.setdefault(len(n), []).append(n)
+    lengths = [k for k, group in by_length.items() if len(set(group)) > 1]
+    if not lengths:
+        return []
+    rng = random.Random(seed)
+    drills = []
+    for i in range(count):
+        group = by_length[rng.choice(lengths)]
+        first, second = rng.choice(group), rng.choice(group)
+        text = relation(first, second, after=True)  # "1755 vs 1740:>. "
+        head, op = text.split(":", 1)
+        drills.append({"id": f"drill-{i}", "number_drill": True,
+                       "segments": [(f" {head}:", False), (op[0], True), (". So", False)]})
+    return drills
 
 
 def swapped(row: dict, names: Sequence[str]) -> dict:
@@ -224,7 +258,7 @@ def build_sft_examples(
             if len(noted) < len(names) or not mentions(seen, answers):
                 continue  # a value not shown (or cut): nothing to judge from
             answer = next(a for a in answers if mentions(seen, [a]))
-            judged = notes + relation(*(noted[n] for n in names))
+            judged = notes + relation(*(noted[n] for n in names), after=cfg.relation_after)
             segments.append((with_notes(COMPARE_ANSWER.format(a=answer), judged), True))
         else:
             if not mentions(segments[-1][0], answers):  # as shown: a truncated passage may have lost it
