@@ -159,6 +159,18 @@ def test_micro_policy_has_the_copy_head_by_default(micro_tokenizer):
     assert not isinstance(plain, CopyLlamaForCausalLM)
 
 
+@torch.no_grad()
+def _survives_a_save_and_reaches_the_logits(model, tokenizer, ids, weight, tmp_path):
+    """A saved and reloaded ``model`` gives the same logits for ``ids``; zeroing ``weight`` changes them."""
+    before = model(input_ids=ids).logits
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    loaded, _ = load_policy(str(tmp_path))
+    torch.testing.assert_close(loaded.eval()(input_ids=ids).logits, before)
+    weight.zero_()
+    assert not torch.allclose(model(input_ids=ids).logits, before)
+
+
 def test_number_features_code_each_number_token_by_its_value_and_survive_a_save(micro_tokenizer, tmp_path):
     """Number tokens that start a word (" 1805", or " 180" where the vocabulary splits it) get a code whose
     ramps sum to more for a larger number; other tokens and a number's later pieces get none; the values and thresholds are saved with the weights."""
@@ -175,14 +187,7 @@ def test_number_features_code_each_number_token_by_its_value_and_survive_a_save(
     assert (embed.number_code(words) == 0).all()
     # The code reaches the model: the same ids with the number features zeroed give other logits.
     ids = torch.tensor([micro_tokenizer.encode(" born in 1805 and 1840")])
-    with torch.no_grad():
-        before = model(input_ids=ids).logits
-        model.save_pretrained(tmp_path)
-        micro_tokenizer.save_pretrained(tmp_path)
-        loaded, _ = load_policy(str(tmp_path))
-        torch.testing.assert_close(loaded.eval()(input_ids=ids).logits, before)
-        embed.number_embed.weight.zero_()
-        assert not torch.allclose(model(input_ids=ids).logits, before)
+    _survives_a_save_and_reaches_the_logits(model, micro_tokenizer, ids, embed.number_embed.weight, tmp_path)
     plain = build_micro_policy(PolicyConfig(micro_hidden_size=32, micro_copy_head=False, micro_number_features=8),
                                micro_tokenizer)
     assert not hasattr(plain.model.embed_tokens, "number_code")  # part of the copy architecture only
@@ -223,14 +228,7 @@ def test_number_relation_codes_each_number_against_the_one_before_and_cached_dec
     full = model(input_ids=seq, attention_mask=full_attn, position_ids=position_ids, use_cache=False).logits
     for t, step_logits in enumerate(out.logits):
         torch.testing.assert_close(step_logits, full[:, n - 1 + t], atol=1e-5, rtol=1e-5)
-    # the code reaches the logits, and a saved model reads numbers the same way
-    before = model(input_ids=ids).logits
-    model.save_pretrained(tmp_path)
-    micro_tokenizer.save_pretrained(tmp_path)
-    loaded, _ = load_policy(str(tmp_path))
-    torch.testing.assert_close(loaded.eval()(input_ids=ids).logits, before)
-    embed.relation_embed.weight.zero_()
-    assert not torch.allclose(model(input_ids=ids).logits, before)
+    _survives_a_save_and_reaches_the_logits(model, micro_tokenizer, ids, embed.relation_embed.weight, tmp_path)
     off = build_micro_policy(PolicyConfig(micro_hidden_size=32, micro_number_features=8), micro_tokenizer)
     assert not hasattr(off.model.embed_tokens, "relation_embed")  # off by default: older checkpoints load as they were
 
