@@ -299,7 +299,9 @@ def test_number_drills_join_the_cold_start_from_the_corpus_numbers_and_train_the
     base = prepare_base_policy(settings.policy, corpus, [qa], tmp_path / "base")
     metrics = run_sft(settings, base, qa, KeywordRetriever(docs), tmp_path / "sft")
     assert metrics["number_drills"] == 24 and metrics["examples"] == len(train) + 24
-    assert metrics["searches_per_example"] >= 1  # the trajectories' own, drills apart
+    assert metrics["searches_per_example"] >= 1 and metrics["coverage"] <= 1  # the trajectories' own, drills apart
+    with pytest.raises(ValueError, match="sft.relation_after"):  # drills teach the relation after both values
+        SFTConfig(number_drills=24)
     before = load_policy(str(base))[0].model.embed_tokens.relation_embed.weight
     after = load_policy(str(tmp_path / "sft"))[0].model.embed_tokens.relation_embed.weight
     assert not torch.equal(before, after)

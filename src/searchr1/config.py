@@ -343,6 +343,13 @@ class SFTConfig(Section):
     )
     out_dir: str = "models/sft"
 
+    @model_validator(mode="after")
+    def _drills_match_the_relation(self) -> SFTConfig:
+        if self.number_drills and not self.relation_after:
+            raise ValueError("sft.number_drills trains the relation written after both values (\"1755 vs 1740:>\"): "
+                             "it needs sft.relation_after: true")
+        return self
+
 
 class DeepSpeedConfig(Section):
     zero_stage: Literal[0, 1, 2, 3] = 2

@@ -305,7 +305,7 @@ def run_sft(
     metrics.update(
         questions=len(rows),
         examples=len(records),
-        coverage=len(records) / len(rows),
+        coverage=len(trajectories) / len(rows),
         searches_per_example=sum(r["num_searches"] for r in trajectories) / max(len(trajectories), 1),
         number_drills=len(records) - len(trajectories),
         rag_examples=sum(r.get("rag", False) for r in records),
