@@ -194,10 +194,9 @@ class CopyLlamaForCausalLM(LlamaForCausalLM):
         only (a sixth of SFT positions): the vocabulary-wide mixing is most of this head's cost."""
         if input_ids is None:
             raise ValueError("the copy head needs input_ids (it points at context tokens)")
-        cache = kwargs.get(CACHE_ARG)
         embed = self.model.embed_tokens
         if hasattr(embed, "relation_embed"):  # the relation code reads the cached tokens before input_ids
-            inputs_embeds = embed(input_ids, self._cached_ids(cache))
+            inputs_embeds = embed(input_ids, self._cached_ids(kwargs.get(CACHE_ARG)))
         out = self.model(
             input_ids=input_ids if inputs_embeds is None else None,
             inputs_embeds=inputs_embeds,
