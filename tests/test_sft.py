@@ -282,23 +282,32 @@ def test_short_sft_run_lowers_loss_and_saves_a_loadable_policy(tmp_path):
 
 def test_number_drills_join_the_cold_start_from_the_corpus_numbers_and_train_the_relation_code(tmp_path):
     """sft.number_drills: that many relation drills on the corpus's numbers join the trajectories (counted
-    apart), and the cold start trains the micro policy's relation code (policy.micro_number_relation)."""
+    apart), and the cold start trains the micro policy's relation code (policy.micro_number_relation);
+    sft.vary_values: the comparison's copies read other numbers of the corpus."""
     docs, train, _ = make_world(20)
     docs += [Doc(f"n{i}", f'"Mill {i}"\nMill {i} was built in {1700 + 37 * i} and had {1200 + 410 * i} workers.')
              for i in range(12)]
+    docs += [Doc("a", '"Ada Pell"\nAda Pell was a smith born in 1801 in Kastrin.'),
+             Doc("i", '"Ilsa Marrow"\nIlsa Marrow was a baker born in 1795 in Dorn.')]
+    train += [{"id": "cmp", "question": "Who was born earlier, Ada Pell or Ilsa Marrow?", "golden_answers": ["Ilsa Marrow"]}]
     corpus, qa = tmp_path / "corpus.jsonl", tmp_path / "train.jsonl"
     corpus.write_text("".join(json.dumps({"id": d.id, "contents": d.contents}) + "\n" for d in docs))
     qa.write_text("".join(json.dumps(r) + "\n" for r in train))
     settings = Settings(
         policy=PolicyConfig(kind="micro", micro_hidden_size=32, micro_layers=1, micro_vocab_size=400,
                             micro_number_features=8, micro_number_relation=True),
-        sft=SFTConfig(epochs=1, lr=3e-3, batch_size=8, number_drills=24, relation_after=True),
+        sft=SFTConfig(epochs=1, lr=3e-3, batch_size=8, number_drills=24, relation_after=True, vary_values=True,
+                      say_direction=True, mark_order=True),
     )
     settings.corpus.out_path = str(corpus)
     settings.retrieval.topk = 2
     base = prepare_base_policy(settings.policy, corpus, [qa], tmp_path / "base")
     metrics = run_sft(settings, base, qa, KeywordRetriever(docs), tmp_path / "sft")
-    assert metrics["number_drills"] == 24 and metrics["examples"] == len(train) + 24
+    assert metrics["number_drills"] == 24 and metrics["examples"] == len(train) + 3 + 24  # + 3 comparison copies
+    copies = [json.loads(line) for line in (tmp_path / "sft" / "sft_examples.sample.jsonl").read_text().splitlines()]
+    copies = [c for c in copies if c["id"].startswith("cmp#") and "#values-" in c["id"]]
+    stated = {str(n) for i in range(12) for n in (1700 + 37 * i, 1200 + 410 * i)}  # the mills' four-digit numbers
+    assert len(copies) == 3 and all(set(c["judged"]["values"]) <= stated for c in copies)
     assert metrics["searches_per_example"] >= 1 and metrics["coverage"] <= 1  # the trajectories' own, drills apart
     with pytest.raises(ValueError, match="sft.relation_after"):  # drills teach the relation after both values
         SFTConfig(number_drills=24)

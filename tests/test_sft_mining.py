@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+import re
+
 from searchr1.config import SFTConfig
 from searchr1.retrieval.base import Doc
 from searchr1.sft.mining import (
@@ -19,7 +22,16 @@ from searchr1.sft.mining import (
     remaining_words,
 )
 from searchr1.sft.train import comparison_copies
-from searchr1.sft.trajectories import build_sft_examples, corpus_numbers, number_drills, relation, swapped
+from searchr1.sft.trajectories import (
+    build_sft_examples,
+    corpus_numbers,
+    number_drills,
+    numbers_by_length,
+    relation,
+    swapped,
+    winning_side,
+    with_other_values,
+)
 from tests.test_sft import KeywordRetriever, make_world, turns_text
 
 
@@ -227,3 +239,79 @@ def test_half_the_comparison_copies_ask_with_the_names_swapped():
     (old,) = build_sft_examples([COMPARE], [path.queries], KeywordRetriever(PEOPLE), 1,
                                 cfg.model_copy(update={"mine_comparisons": False}))
     assert "I will compare" not in turns_text(old) and "Ada Pell: 1801" not in turns_text(old)
+
+
+def test_varied_copies_read_other_values_and_name_the_side_they_make_win():
+    """sft.vary_values: each extra copy replaces the two compared values everywhere (the blocks the policy
+    reads, its notes) with other corpus numbers of the same length, and the relation and the answer follow
+    the new values in the question's direction (born earlier: the smaller wins)."""
+    (path,) = mine_paths([COMPARE["question"]], [COMPARE["golden_answers"]], KeywordRetriever(PEOPLE), 1,
+                         show=lambda d: d)
+    cfg = SFTConfig(query_noise=0.0, skip_hop=0.0, rag_fraction=0.0, mine_comparisons=True, comparison_copies=9,
+                    comparison_swaps=False, relation_after=True, vary_values=True)
+
+    def build(rows, paths):
+        return build_sft_examples(rows, paths, KeywordRetriever(PEOPLE), 1, cfg)
+
+    records = build([COMPARE], [path.queries])
+    assert records[0]["judged"] == {"names": ["Ada Pell", "Ilsa Marrow"], "values": ["1801", "1795"],
+                                    "notes": "Ilsa Marrow: 1795. ", "answer": "Ilsa Marrow", "winner": 1,
+                                    "said": False, "marked": False}
+    numbers = numbers_by_length(corpus_numbers(["In 1750, 1760 and 1901; 4,000 and 22 people."]))
+    copies = comparison_copies(records, [COMPARE], [path.queries], cfg, build, numbers, seed=0)
+    assert len(copies) == 8 and copies == comparison_copies(records, [COMPARE], [path.queries], cfg, build, numbers)
+    winners = set()
+    for copy in copies:
+        first, second = copy["judged"]["values"]
+        assert {first, second} <= {"1750", "1760", "1901"} and first != second  # four digits, as 1801 and 1795
+        text, read = turns_text(copy), "".join(t for t, trained in copy["segments"][1:] if not trained)
+        assert not {"1801", "1795"} & set(re.findall(r"\d+", text + read))  # nowhere the policy reads or writes
+        assert f"Ada Pell was a smith born in {first} in Kastrin" in read and "Ada Pell died in 1870" in read
+        assert f"<think> Ada Pell: {first}. " in text
+        answer = "Ada Pell" if int(first) < int(second) else "Ilsa Marrow"
+        op = "<" if int(second) < int(first) else ">"
+        assert text.endswith(f"<think> Ilsa Marrow: {second}. {second} vs {first}:{op}. So the answer is {answer}. "
+                             f"</think>\n<answer> {answer} </answer>")
+        assert copy["segments"][0] == records[0]["segments"][0]  # the question itself is untouched
+        winners.add(answer)
+    assert winners == {"Ada Pell", "Ilsa Marrow"}  # either side wins, as the values say
+    # Off: the copies repeat the values found.
+    same = comparison_copies(records, [COMPARE], [path.queries], cfg.model_copy(update={"vary_values": False}),
+                             build, numbers)
+    assert same == records * 8
+    # No number of that length in the corpus: the copy stays as it was.
+    assert with_other_values(records[0], numbers_by_length(["22"]), random.Random(0), True) is None
+
+
+def test_say_direction_plans_which_value_wins_and_says_it_again_before_the_name():
+    """sft.say_direction: the plan reads from the question which value wins ("born earlier": the smaller), and
+    the last thought says it after the relation; varied copies keep the direction and follow their values."""
+    (path,) = mine_paths([COMPARE["question"]], [COMPARE["golden_answers"]], KeywordRetriever(PEOPLE), 1,
+                         show=lambda d: d)
+    cfg = SFTConfig(query_noise=0.0, skip_hop=0.0, rag_fraction=0.0, mine_comparisons=True, comparison_copies=4,
+                    comparison_swaps=False, relation_after=True, say_direction=True, vary_values=True)
+    (ex,) = build_sft_examples([COMPARE], [path.queries], KeywordRetriever(PEOPLE), 1, cfg)
+    turns = turns_text(ex)
+    assert "I will compare Ada Pell and Ilsa Marrow, Ada Pell first. The smaller wins. </think>" in turns
+    assert turns.endswith("<think> Ilsa Marrow: 1795. 1795 vs 1801:<. The smaller wins. So the answer is Ilsa Marrow. "
+                          "</think>\n<answer> Ilsa Marrow </answer>")
+    (larger,) = build_sft_examples([{**COMPARE, "golden_answers": ["Ada Pell"]}], [path.queries],
+                                   KeywordRetriever(PEOPLE), 1, cfg)  # as if it asked "born later"
+    assert "Ada Pell first. The larger wins. </think>" in turns_text(larger)
+    assert turns_text(larger).endswith("1795 vs 1801:<. The larger wins. So the answer is Ada Pell. </think>\n"
+                                       "<answer> Ada Pell </answer>")
+    copy = with_other_values(larger, numbers_by_length(["1901", "1750"]), random.Random(0), True)
+    first, second = copy["judged"]["values"]
+    answer = "Ada Pell" if int(first) > int(second) else "Ilsa Marrow"
+    assert turns_text(copy).endswith(f"The larger wins. So the answer is {answer}. </think>\n<answer> {answer} </answer>")
+    # sft.mark_order: the plan gives each side an ordinal, the last thought picks the winner by it.
+    marked_cfg = cfg.model_copy(update={"mark_order": True})
+    (marked,) = build_sft_examples([COMPARE], [path.queries], KeywordRetriever(PEOPLE), 1, marked_cfg)
+    assert "I will compare first Ada Pell, second Ilsa Marrow. The smaller wins. </think>" in turns_text(marked)
+    assert turns_text(marked).endswith("1795 vs 1801:<. The smaller wins: second Ilsa Marrow. So the answer is "
+                                       "Ilsa Marrow. </think>\n<answer> Ilsa Marrow </answer>")
+    copy = with_other_values(marked, numbers_by_length(["1901", "1750"]), random.Random(0), True)
+    first, second = copy["judged"]["values"]
+    pick = "first Ada Pell" if int(first) < int(second) else "second Ilsa Marrow"
+    assert f"The smaller wins: {pick}. So the answer is {pick.split(' ', 1)[1]}. </think>" in turns_text(copy)
+    assert winning_side(["1801", "1801"], 0) is None and winning_side(["1,801", "1795"], 1) is None

@@ -307,6 +307,22 @@ class SFTConfig(Section):
         True, description="Half of the comparison copies ask with the two names swapped and look them up in the "
         "other order: the answer then follows from the values, not from which name the question put first."
     )
+    vary_values: bool = Field(
+        False, description="Each extra comparison copy reads two other numbers of the corpus (of the same lengths) "
+        "in place of the compared values, and names the side they make win: the name after the relation is then "
+        "learnt from the relation and the question's direction, not from one pair (sft/trajectories.py "
+        "with_other_values). False: the copies repeat the values found."
+    )
+    say_direction: bool = Field(
+        False, description="A comparison's plan says which value wins, read from the question (\"The smaller wins.\"), "
+        "and its last thought says it again after the relation, before the name: the name then follows from two "
+        "words beside it, not from the question's wording far back."
+    )
+    mark_order: bool = Field(
+        False, description="A comparison's plan names its two sides with an ordinal each (\"first A, second B\") and "
+        "its last thought picks the winner by its ordinal (\"The smaller wins: second B\"): a word the vocabulary "
+        "decides, after which the copy head's induction finds the name (sft/trajectories.py)."
+    )
     relation_after: bool = Field(
         False, description="A comparison writes its relation after both values (\"1825 vs 1758:>\"), not between "
         "them (\"1825 > 1758\"): the form number_drills train and policy.micro_number_relation serves."

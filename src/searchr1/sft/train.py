@@ -24,7 +24,15 @@ from searchr1.retrieval.base import Retriever
 from searchr1.rollout.loop import fit_docs, fit_passages
 from searchr1.rollout.types import Sample
 from searchr1.sft.mining import compared_names, mine_paths, mining_report
-from searchr1.sft.trajectories import build_sft_examples, corpus_numbers, gold_queries, number_drills, swapped
+from searchr1.sft.trajectories import (
+    build_sft_examples,
+    corpus_numbers,
+    gold_queries,
+    number_drills,
+    numbers_by_length,
+    swapped,
+    with_other_values,
+)
 
 log = logging.getLogger(__name__)
 
@@ -199,20 +207,28 @@ def train_on_examples(
             "first_loss": losses[0] if losses else float("nan"), "final_loss": losses[-1] if losses else float("nan")}
 
 
-def comparison_copies(records: list[dict], rows: Sequence[dict], paths: Sequence, cfg, build) -> list[dict]:
+def comparison_copies(records: list[dict], rows: Sequence[dict], paths: Sequence, cfg, build,
+                      by_length: dict[int, list[str]] | None = None, seed: int = 0) -> list[dict]:
     """The extra copies of the comparison trajectories (``sft.comparison_copies`` in all). With
     ``sft.comparison_swaps`` half of them ask with the two names swapped, looked up in the other order
-    (``swapped``): the same question's answer then follows from the values, not from the names' order."""
+    (``swapped``): the same question's answer then follows from the values, not from the names' order.
+    With ``sft.vary_values`` (and the corpus's numbers, ``by_length``) each copy reads other values of
+    the same lengths and names the side they make win (``with_other_values``)."""
     compared = [r for r in records if r.get("comparison")]
     if not cfg.comparison_swaps:
-        return compared * (cfg.comparison_copies - 1)
-    ids = {r["id"] for r in compared}
-    pairs = [(row, path) for row, path in zip(rows, paths) if row["id"] in ids]
-    names = [compared_names(row["question"], [str(a) for a in row["golden_answers"]]) for row, _ in pairs]
-    pairs = [(swapped(row, n), list(reversed(path))) for (row, path), n in zip(pairs, names) if len(n) == 2]
-    swaps = [r for r in build([r for r, _ in pairs], [p for _, p in pairs]) if r.get("comparison")]
-    originals = (cfg.comparison_copies + 1) // 2
-    return compared * (originals - 1) + swaps * (cfg.comparison_copies - originals)
+        copies = compared * (cfg.comparison_copies - 1)
+    else:
+        ids = {r["id"] for r in compared}
+        pairs = [(row, path) for row, path in zip(rows, paths) if row["id"] in ids]
+        names = [compared_names(row["question"], [str(a) for a in row["golden_answers"]]) for row, _ in pairs]
+        pairs = [(swapped(row, n), list(reversed(path))) for (row, path), n in zip(pairs, names) if len(n) == 2]
+        swaps = [r for r in build([r for r, _ in pairs], [p for _, p in pairs]) if r.get("comparison")]
+        originals = (cfg.comparison_copies + 1) // 2
+        copies = compared * (originals - 1) + swaps * (cfg.comparison_copies - originals)
+    if cfg.vary_values and by_length:
+        rng = random.Random(seed)  # its own stream: the trajectories themselves stay as they were
+        copies = [with_other_values(r, by_length, rng, cfg.relation_after) or r for r in copies]
+    return copies
 
 
 def run_sft(
@@ -267,9 +283,11 @@ def run_sft(
                                       observe=observe, rag_context=rag_context)
 
         records = build(rows, paths)
-        records += comparison_copies(records, rows, paths, cfg, build)
-        if cfg.number_drills:
+        numbers = []
+        if cfg.number_drills or cfg.vary_values:
             numbers = corpus_numbers(row.get("contents", "") for _, row in iter_jsonl(settings.corpus.out_path))
+        records += comparison_copies(records, rows, paths, cfg, build, numbers_by_length(numbers), settings.seed)
+        if cfg.number_drills:
             records += number_drills(numbers, cfg.number_drills, seed=settings.seed)
         tokenized = [tokenize_example(ex["segments"], tokenizer, max_len) for ex in records]
         # A turn the rollout cannot finish within max_turn_tokens would teach an action the policy
@@ -305,7 +323,9 @@ def run_sft(
     metrics.update(
         questions=len(rows),
         examples=len(records),
-        coverage=len(trajectories) / len(rows),
+        # questions with a search trajectory: copies ("q#swapped", "q#values-...") and rag examples not counted
+        # (rejection sampling's records are samples, grouped by their prompt)
+        coverage=len({r.get("group_id") or r["id"].split("#")[0] for r in trajectories if not r.get("rag")}) / len(rows),
         searches_per_example=sum(r["num_searches"] for r in trajectories) / max(len(trajectories), 1),
         number_drills=len(records) - len(trajectories),
         rag_examples=sum(r.get("rag", False) for r in records),

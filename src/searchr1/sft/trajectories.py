@@ -16,7 +16,14 @@ from tqdm import tqdm
 
 from searchr1.prompts import ANSWER_CLOSE, ANSWER_OPEN, format_passages, information_block, make_prompt
 from searchr1.retrieval.base import Doc, Retriever
-from searchr1.sft.mining import compared_names, deciding_sentence, deciding_value, mentions, passage_about
+from searchr1.sft.mining import (
+    compared_names,
+    deciding_sentence,
+    deciding_value,
+    mentions,
+    names_answer,
+    passage_about,
+)
 
 Segment = tuple[str, bool]
 
@@ -49,6 +56,15 @@ NEXT_SEARCH = (
 # the same plan as any other multi-search path, then what it compares.
 COMPARE_PLAN = " I will compare {names}, {q} first. </think>"
 COMPARE_ANSWER = "<think> So the answer is {a}. </think>\n<answer> {a} </answer>"
+# With ``sft.say_direction`` the plan says which value wins, read from the question, and the last thought
+# says it again next to the relation: the name then follows from two words beside it.
+WINS = "The {side} wins"
+# With ``sft.mark_order`` the plan names the two sides with an ordinal each ("first A, second B") and the
+# last thought picks one by its ordinal ("The smaller wins: second B"): choosing a word is a decision of
+# the vocabulary, and the copy head's induction term then finds the name written after that word in the
+# plan; without it the pointer itself must pick the first- or the later-noted name from the relation.
+ORDINALS = ("first", "second")
+MARKED_PLAN = " I will compare {first} {a}, {second} {b}. </think>"
 RE_SEARCH = "<think> The information does not help. I will search again. </think>\n<search> {q} </search>"
 ANSWER = "<think> The information shows that the answer is {a}. </think>\n<answer> {a} </answer>"
 
@@ -84,6 +100,56 @@ def relation(first: str, second: str, after: bool = False) -> str:
     return f"{second} vs {first}:{op}. " if after else f"{second} {op} {first}. "
 
 
+def judgement(notes: str, values: Sequence[str], answer: str, after: bool, side: str | None = None,
+              marked: str | None = None) -> str:
+    """A comparison's last turn: the notes the last block gave, the relation of the two values, which value
+    wins (``side``: "smaller" or "larger", with ``sft.say_direction``) and the winner by its ordinal
+    (``marked``: "second B", with ``sft.mark_order``), the answer."""
+    said = ": ".join(filter(None, [side and WINS.format(side=side), marked]))
+    return with_notes(COMPARE_ANSWER.format(a=answer), notes + relation(*values, after=after) + (said and said + ". "))
+
+
+def winning_side(values: Sequence[str], winner: int | None) -> str | None:
+    """Whether the ``winner``'s value is the "smaller" or the "larger" of two whole numbers; None when
+    that cannot be told (no single winner, equal values, not whole numbers)."""
+    if winner is None or len(values) != 2 or not all(NUMBER.fullmatch(v) for v in values):
+        return None
+    mine, other = int(values[winner]), int(values[1 - winner])
+    return None if mine == other else "smaller" if mine < other else "larger"
+
+
+def with_other_values(example: dict, by_length: dict[int, list[str]], rng: random.Random, after: bool) -> dict | None:
+    """A comparison trajectory with its two compared values replaced, everywhere the policy reads or writes
+    them, by other numbers of the corpus of the same lengths (``by_length``, from ``numbers_by_length``),
+    and its relation and answer written anew: the side that wins follows the question's direction (the
+    winner had the smaller value: the smaller wins again). Copies of one trajectory teach its one name;
+    these teach the name to follow the relation and the question (``sft.vary_values``). None when the
+    trajectory has no single winner or no two values to compare."""
+    judged = example.get("judged") or {}
+    names, values, winner = judged.get("names"), judged.get("values"), judged.get("winner")
+    side = winning_side(values or [], winner)
+    if side is None:
+        return None
+    first = _another(by_length.get(len(values[0]), []), values, rng)
+    second = first and _another(by_length.get(len(values[1]), []), [*values, first], rng)
+    if not second:
+        return None
+    new = [first, second]
+    replace = dict(zip(values, new))
+    pattern = re.compile(r"(?<![\w.,])(" + "|".join(map(re.escape, values)) + r")(?![\w.,]\d)")
+    def sub(text: str) -> str:
+        return pattern.sub(lambda m: replace[m.group(0)], text)
+
+    new_winner = new.index((min if side == "smaller" else max)(new, key=int))
+    answer = judged["answer"] if new_winner == winner else names[new_winner]
+    segments = [example["segments"][0]] + [(sub(text), trainable) for text, trainable in example["segments"][1:-1]]
+    said = side if judged.get("said") else None
+    marked = f"{ORDINALS[new_winner]} {names[new_winner]}" if judged.get("marked") else None
+    segments.append((judgement(sub(judged["notes"]), new, answer, after, said, marked), True))
+    return {**example, "id": f"{example['id']}#values-{new[0]}-{new[1]}", "golden_answers": [answer],
+            "segments": segments, "judged": {**judged, "values": new, "answer": answer, "winner": new_winner}}
+
+
 NUMBER = re.compile(r"(?<![\w.,])\d{1,7}(?![\w.,]\d)")
 
 
@@ -92,14 +158,29 @@ def corpus_numbers(texts: Iterable[str]) -> list[str]:
     return [m.group(0) for text in texts for m in NUMBER.finditer(text)]
 
 
+def _another(numbers: Sequence[str], avoid: Sequence[str], rng: random.Random, tries: int = 20) -> str | None:
+    """One of ``numbers`` (drawn as often as it is stated) that is none of ``avoid``."""
+    for _ in range(tries if numbers else 0):
+        n = rng.choice(numbers)
+        if n not in avoid:
+            return n
+    return None
+
+
+def numbers_by_length(numbers: Iterable[str]) -> dict[int, list[str]]:
+    """The numbers of each length (digits), as often as the corpus states them."""
+    by_length: dict[int, list[str]] = {}
+    for n in numbers:
+        by_length.setdefault(len(n), []).append(n)
+    return by_length
+
+
 def number_drills(numbers: Sequence[str], count: int, seed: int = 0) -> list[dict]:
     """``count`` short examples of the relation a comparison writes, on pairs of the corpus's numbers of
     the same length ("1755 vs 1740:" -> ">"): in a trajectory the relation is one token of a hundred trained,
     too little signal for a small policy to learn to compare (issue 30, docs/results.md); here it is the
     only one. The relation token alone is trained; the text after it is context, so no end of turn follows."""
-    by_length: dict[int, list[str]] = {}
-    for n in numbers:
-        by_length.setdefault(len(n), []).append(n)
+    by_length = numbers_by_length(numbers)
     lengths = [k for k, group in by_length.items() if len(set(group)) > 1]
     if not lengths:
         return []
@@ -232,7 +313,10 @@ def build_sft_examples(
                 turn = rng.choice(NEXT_SEARCH)
             elif names:
                 plan = COMPARE_PLAN.replace("{names}", " and ".join(names))
+                if cfg.mark_order:
+                    plan = MARKED_PLAN.format(first=ORDINALS[0], a=names[0], second=ORDINALS[1], b=names[1])
                 turn = rng.choice(SEARCH_QUESTION[True]).replace(" </think>", plan, 1)
+                planned_at = len(segments)  # the plan's turn: with say_direction it gains which value wins
             elif query == row["question"].strip():
                 turn = rng.choice(SEARCH_QUESTION[len(queries) > 1])
             else:
@@ -258,8 +342,18 @@ def build_sft_examples(
             if len(noted) < len(names) or not mentions(seen, answers):
                 continue  # a value not shown (or cut): nothing to judge from
             answer = next(a for a in answers if mentions(seen, [a]))
-            judged = notes + relation(*(noted[n] for n in names), after=cfg.relation_after)
-            segments.append((with_notes(COMPARE_ANSWER.format(a=answer), judged), True))
+            values = [noted[n] for n in names]
+            winners = [i for i, n in enumerate(names) if names_answer(n, [answer])]
+            winner = winners[0] if len(winners) == 1 else None
+            side = winning_side(values, winner) if cfg.say_direction else None
+            if side:
+                plan, trainable = segments[planned_at]
+                segments[planned_at] = (plan.replace(" </think>", f" {WINS.format(side=side)}. </think>", 1), trainable)
+            marked = f"{ORDINALS[winner]} {names[winner]}" if cfg.mark_order and winner is not None else None
+            segments.append((judgement(notes, values, answer, cfg.relation_after, side, marked), True))
+            # what with_other_values needs to write the judgement again from other values
+            judged = {"names": names, "values": values, "notes": notes, "answer": answer, "winner": winner,
+                      "said": bool(side), "marked": bool(marked)}
         else:
             if not mentions(segments[-1][0], answers):  # as shown: a truncated passage may have lost it
                 continue
@@ -277,6 +371,7 @@ def build_sft_examples(
                 "re_searched": re_searched,
                 "skipped_hop": skipped,
                 "comparison": bool(names),
+                **({"judged": judged} if names else {}),
             }
         )
     for row in rag_rows:
