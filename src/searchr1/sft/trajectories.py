@@ -137,6 +137,7 @@ def with_other_values(example: dict, by_length: dict[int, list[str]], rng: rando
     new = [first, second]
     replace = dict(zip(values, new))
     pattern = re.compile(r"(?<![\w.,])(" + "|".join(map(re.escape, values)) + r")(?![\w.,]\d)")
+
     def sub(text: str) -> str:
         return pattern.sub(lambda m: replace[m.group(0)], text)
 
@@ -312,9 +313,10 @@ def build_sft_examples(
             if hop:
                 turn = rng.choice(NEXT_SEARCH)
             elif names:
-                plan = COMPARE_PLAN.replace("{names}", " and ".join(names))
                 if cfg.mark_order:
                     plan = MARKED_PLAN.format(first=ORDINALS[0], a=names[0], second=ORDINALS[1], b=names[1])
+                else:
+                    plan = COMPARE_PLAN.replace("{names}", " and ".join(names))
                 turn = rng.choice(SEARCH_QUESTION[True]).replace(" </think>", plan, 1)
                 planned_at = len(segments)  # the plan's turn: with say_direction it gains which value wins
             elif query == row["question"].strip():
