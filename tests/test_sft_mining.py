@@ -255,8 +255,7 @@ def test_varied_copies_read_other_values_and_name_the_side_they_make_win():
 
     records = build([COMPARE], [path.queries])
     assert records[0]["judged"] == {"names": ["Ada Pell", "Ilsa Marrow"], "values": ["1801", "1795"],
-                                    "notes": "Ilsa Marrow: 1795. ", "answer": "Ilsa Marrow", "winner": 1,
-                                    "said": False, "marked": False}
+                                    "notes": "Ilsa Marrow: 1795. ", "answer": "Ilsa Marrow", "winner": 1}
     numbers = numbers_by_length(corpus_numbers(["In 1750, 1760 and 1901; 4,000 and 22 people."]))
     copies = comparison_copies(records, [COMPARE], [path.queries], cfg, build, numbers, seed=0)
     assert len(copies) == 8 and copies == comparison_copies(records, [COMPARE], [path.queries], cfg, build, numbers)
@@ -280,7 +279,7 @@ def test_varied_copies_read_other_values_and_name_the_side_they_make_win():
                              build, numbers)
     assert same == records * 8
     # No number of that length in the corpus: the copy stays as it was.
-    assert with_other_values(records[0], numbers_by_length(["22"]), random.Random(0), True) is None
+    assert with_other_values(records[0], numbers_by_length(["22"]), random.Random(0), cfg) is None
 
 
 def test_say_direction_plans_which_value_wins_and_says_it_again_before_the_name():
@@ -300,7 +299,7 @@ def test_say_direction_plans_which_value_wins_and_says_it_again_before_the_name(
     assert "Ada Pell first. The larger wins. </think>" in turns_text(larger)
     assert turns_text(larger).endswith("1795 vs 1801:<. The larger wins. So the answer is Ada Pell. </think>\n"
                                        "<answer> Ada Pell </answer>")
-    copy = with_other_values(larger, numbers_by_length(["1901", "1750"]), random.Random(0), True)
+    copy = with_other_values(larger, numbers_by_length(["1901", "1750"]), random.Random(0), cfg)
     first, second = copy["judged"]["values"]
     answer = "Ada Pell" if int(first) > int(second) else "Ilsa Marrow"
     assert turns_text(copy).endswith(f"The larger wins. So the answer is {answer}. </think>\n<answer> {answer} </answer>")
@@ -310,7 +309,7 @@ def test_say_direction_plans_which_value_wins_and_says_it_again_before_the_name(
     assert "I will compare first Ada Pell, second Ilsa Marrow. The smaller wins. </think>" in turns_text(marked)
     assert turns_text(marked).endswith("1795 vs 1801:<. The smaller wins: second Ilsa Marrow. So the answer is "
                                        "Ilsa Marrow. </think>\n<answer> Ilsa Marrow </answer>")
-    copy = with_other_values(marked, numbers_by_length(["1901", "1750"]), random.Random(0), True)
+    copy = with_other_values(marked, numbers_by_length(["1901", "1750"]), random.Random(0), marked_cfg)
     first, second = copy["judged"]["values"]
     pick = "first Ada Pell" if int(first) < int(second) else "second Ilsa Marrow"
     assert f"The smaller wins: {pick}. So the answer is {pick.split(' ', 1)[1]}. </think>" in turns_text(copy)

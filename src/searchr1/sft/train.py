@@ -227,7 +227,7 @@ def comparison_copies(records: list[dict], rows: Sequence[dict], paths: Sequence
         copies = compared * (originals - 1) + swaps * (cfg.comparison_copies - originals)
     if cfg.vary_values and by_length:
         rng = random.Random(seed)  # its own stream: the trajectories themselves stay as they were
-        copies = [with_other_values(r, by_length, rng, cfg.relation_after) or r for r in copies]
+        copies = [with_other_values(r, by_length, rng, cfg) or r for r in copies]
     return copies
 
 

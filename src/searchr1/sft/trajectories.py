@@ -100,13 +100,17 @@ def relation(first: str, second: str, after: bool = False) -> str:
     return f"{second} vs {first}:{op}. " if after else f"{second} {op} {first}. "
 
 
-def judgement(notes: str, values: Sequence[str], answer: str, after: bool, side: str | None = None,
-              marked: str | None = None) -> str:
-    """A comparison's last turn: the notes the last block gave, the relation of the two values, which value
-    wins (``side``: "smaller" or "larger", with ``sft.say_direction``) and the winner by its ordinal
-    (``marked``: "second B", with ``sft.mark_order``), the answer."""
+def judgement(judged: dict, cfg) -> str:
+    """A comparison's last turn from ``judged`` (its names, noted values, the notes the last block gave, the
+    answer and the winner's index): the notes, the relation of the two values, which value wins (with
+    ``sft.say_direction``: "The smaller wins"), the winner by its ordinal (with ``sft.mark_order``:
+    "second B"), the answer."""
+    names, values, winner = judged["names"], judged["values"], judged["winner"]
+    side = winning_side(values, winner) if cfg.say_direction else None
+    marked = f"{ORDINALS[winner]} {names[winner]}" if cfg.mark_order and winner is not None else None
     said = ": ".join(filter(None, [side and WINS.format(side=side), marked]))
-    return with_notes(COMPARE_ANSWER.format(a=answer), notes + relation(*values, after=after) + (said and said + ". "))
+    turn = judged["notes"] + relation(*values, after=cfg.relation_after) + (said and said + ". ")
+    return with_notes(COMPARE_ANSWER.format(a=judged["answer"]), turn)
 
 
 def winning_side(values: Sequence[str], winner: int | None) -> str | None:
@@ -118,7 +122,7 @@ def winning_side(values: Sequence[str], winner: int | None) -> str | None:
     return None if mine == other else "smaller" if mine < other else "larger"
 
 
-def with_other_values(example: dict, by_length: dict[int, list[str]], rng: random.Random, after: bool) -> dict | None:
+def with_other_values(example: dict, by_length: dict[int, list[str]], rng: random.Random, cfg) -> dict | None:
     """A comparison trajectory with its two compared values replaced, everywhere the policy reads or writes
     them, by other numbers of the corpus of the same lengths (``by_length``, from ``numbers_by_length``),
     and its relation and answer written anew: the side that wins follows the question's direction (the
@@ -143,12 +147,11 @@ def with_other_values(example: dict, by_length: dict[int, list[str]], rng: rando
 
     new_winner = new.index((min if side == "smaller" else max)(new, key=int))
     answer = judged["answer"] if new_winner == winner else names[new_winner]
+    judged = {**judged, "notes": sub(judged["notes"]), "values": new, "answer": answer, "winner": new_winner}
     segments = [example["segments"][0]] + [(sub(text), trainable) for text, trainable in example["segments"][1:-1]]
-    said = side if judged.get("said") else None
-    marked = f"{ORDINALS[new_winner]} {names[new_winner]}" if judged.get("marked") else None
-    segments.append((judgement(sub(judged["notes"]), new, answer, after, said, marked), True))
+    segments.append((judgement(judged, cfg), True))
     return {**example, "id": f"{example['id']}#values-{new[0]}-{new[1]}", "golden_answers": [answer],
-            "segments": segments, "judged": {**judged, "values": new, "answer": answer, "winner": new_winner}}
+            "segments": segments, "judged": judged}
 
 
 NUMBER = re.compile(r"(?<![\w.,])\d{1,7}(?![\w.,]\d)")
@@ -351,11 +354,9 @@ def build_sft_examples(
             if side:
                 plan, trainable = segments[planned_at]
                 segments[planned_at] = (plan.replace(" </think>", f" {WINS.format(side=side)}. </think>", 1), trainable)
-            marked = f"{ORDINALS[winner]} {names[winner]}" if cfg.mark_order and winner is not None else None
-            segments.append((judgement(notes, values, answer, cfg.relation_after, side, marked), True))
-            # what with_other_values needs to write the judgement again from other values
-            judged = {"names": names, "values": values, "notes": notes, "answer": answer, "winner": winner,
-                      "said": bool(side), "marked": bool(marked)}
+            # what the last turn is written from, kept so that with_other_values can write it from other values
+            judged = {"names": names, "values": values, "notes": notes, "answer": answer, "winner": winner}
+            segments.append((judgement(judged, cfg), True))
         else:
             if not mentions(segments[-1][0], answers):  # as shown: a truncated passage may have lost it
                 continue
