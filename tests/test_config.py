@@ -71,6 +71,8 @@ def test_invalid_yaml_names_the_file(tmp_path):
         (["train.minibatch_size=30"], ["train.minibatch_size", "gradient_accumulation_steps"]),
         (["train.minibatch_size=48", "train.deepspeed.gradient_accumulation_steps=1"],
          ["train.prompts_per_step x train.num_generations", "train.minibatch_size"]),
+        (["sft.mine_comparisons=false"], ["sft.number_drills", "sft.mine_comparisons"]),
+        (["sft.relation_after=false"], ["sft.number_drills", "sft.relation_after"]),
     ],
 )
 def test_contradictory_or_ignored_settings_are_errors_naming_both_keys(overrides, keys):

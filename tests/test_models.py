@@ -139,14 +139,14 @@ def test_smollm2_conversion_drops_quantizer_and_keeps_logits(tmp_path):
         torch.testing.assert_close(model(ids).logits, gguf(ids).logits)
 
 
-def _copy_llama(vocab: int = 300, seed: int = 0, exact: float = 0.0):
+def _copy_llama(vocab: int = 300, seed: int = 0, exact: float = 0.0, context_gate: bool = False):
     from searchr1.models.copy_llama import CopyLlamaConfig, CopyLlamaForCausalLM
 
     torch.manual_seed(seed)
     config = CopyLlamaConfig(
         vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=4, max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-        tie_word_embeddings=True, copy_exact_induction_init=exact,
+        tie_word_embeddings=True, copy_exact_induction_init=exact, copy_context_gate=context_gate,
     )
     return CopyLlamaForCausalLM(config).eval()
 
@@ -234,12 +234,12 @@ def test_number_relation_codes_each_number_against_the_one_before_and_cached_dec
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("exact", [0.0, 3.0])
-def test_copy_head_incremental_generation_matches_full_forward(exact):
+@pytest.mark.parametrize("exact,context_gate", [(0.0, False), (3.0, False), (0.0, True)])
+def test_copy_head_incremental_generation_matches_full_forward(exact, context_gate):
     """The copy head's keys and token ids ride in the KV cache: cached decoding (left-padded batch)
     must give the same distributions as one full forward pass, and they are proper distributions
-    (also with the exact-token induction term, which reads the cached ids)."""
-    model = _copy_llama(exact=exact)
+    (also with the exact-token induction term and the context gate, which read the cached ids)."""
+    model = _copy_llama(exact=exact, context_gate=context_gate)
     ids = torch.randint(3, 300, (2, 10), generator=torch.Generator().manual_seed(1))
     attn = torch.ones_like(ids)
     ids[1, :3], attn[1, :3] = 0, 0
@@ -255,14 +255,15 @@ def test_copy_head_incremental_generation_matches_full_forward(exact):
     torch.testing.assert_close(full.exp().sum(-1), torch.ones(2, seq.shape[1]), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("kind", ["copy", "plain"])
+@pytest.mark.parametrize("kind", ["copy", "copy_context_gate", "plain"])
 def test_logits_at_selected_positions_equal_the_full_logits_and_their_gradients(kind):
     """Training computes logits only where a loss reads them (models/heads.py): the same values, and the
     same parameter gradients, as selecting from the full logits, with left padding in the batch."""
     from searchr1.models.heads import logits_at
     from searchr1.models.tiny import build_tiny_policy
 
-    model = _copy_llama() if kind == "copy" else build_tiny_policy(300, seed=0, hidden_size=32)
+    model = (_copy_llama(context_gate=kind == "copy_context_gate") if kind.startswith("copy")
+             else build_tiny_policy(300, seed=0, hidden_size=32))
     ids = torch.randint(3, 300, (3, 12), generator=torch.Generator().manual_seed(2))
     attn = torch.ones_like(ids)
     ids[1, :4], attn[1, :4] = 0, 0
@@ -314,10 +315,43 @@ def test_exact_induction_copies_a_phrase_whose_tokens_look_alike():
         assert (out[0, -4:].tolist() == phrase[1:]) is expected_ok, (exact, out[0, -4:].tolist())
 
 
+@torch.no_grad()
+def test_context_gate_stops_a_copy_where_the_pointer_reaches_the_end_of_the_name():
+    """policy.micro_copy_context_gate: the gate reads the embedding the pointer is on. With the pointer
+    following a name by induction, a gate that reads h alone copies the question mark after the name too;
+    one that reads the pointed-at token hands the step after the name to the vocabulary, and still copies
+    the name's pieces."""
+    name, stop = [201, 57, 133], 7
+    context = torch.tensor([[5, 6, *name, stop, 8, 9, *name]])
+    probs = {}
+    for context_gate in (False, True):
+        model = _copy_llama(context_gate=context_gate)
+        model.copy_query.weight.zero_()
+        model.copy_induction.fill_(50.0)  # the pointer follows the name: after 133 it is on the stop token
+        model.copy_gate.weight.zero_()
+        model.copy_gate.bias.fill_(-10.0)  # from h alone: copy
+        if context_gate:
+            emb = model.model.embed_tokens.weight
+            model.copy_gate_context.weight.copy_(40.0 * emb[stop] / emb[stop].norm() ** 2)  # on the stop token: vocabulary
+            for t in name:  # the name's pieces read as nothing to the gate
+                emb[t] -= (emb[t] @ emb[stop]) / emb[stop].norm() ** 2 * emb[stop]
+        p = model(input_ids=context).logits[0].exp()
+        probs[context_gate] = (p[-3, name[1]].item(), p[-1, stop].item())  # inside the name; after it
+    assert probs[False][0] > 0.9 and probs[False][1] > 0.9  # without it: the stop token is copied too
+    assert probs[True][0] > 0.9 and probs[True][1] < 0.1
+
+
+def test_context_gate_is_a_policy_setting_and_survives_a_save(micro_tokenizer, tmp_path):
+    model = build_micro_policy(PolicyConfig(micro_hidden_size=32, micro_copy_context_gate=True), micro_tokenizer).eval()
+    ids = torch.tensor([micro_tokenizer.encode(" Ada Pell was born in 1805. Who is Ada Pell")])
+    _survives_a_save_and_reaches_the_logits(model, micro_tokenizer, ids, model.copy_gate_context.weight, tmp_path)
+
+
 def test_exact_induction_is_off_by_default_and_round_trips(tmp_path):
     from transformers import AutoModelForCausalLM
 
     assert not hasattr(_copy_llama(), "copy_exact_induction")  # older checkpoints load and score as before
+    assert not hasattr(_copy_llama(), "copy_gate_context")
     model = _copy_llama(exact=2.5)
     model.save_pretrained(tmp_path)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path)

@@ -30,7 +30,7 @@ TINY_SETTINGS = {
     "retrieval": {"build": ["bm25"]},
     "policy": {"kind": "tiny", "micro_vocab_size": 512},
     # One turn per rollout (max_turns 1): the comparison trajectories' two searches could never finish.
-    "sft": {"num_examples": 40, "epochs": 20, "lr": 3e-3, "batch_size": 8, "mine_comparisons": False},
+    "sft": {"num_examples": 40, "epochs": 20, "lr": 3e-3, "batch_size": 8, "mine_comparisons": False, "number_drills": 0},
     "rollout": {"max_turns": 1, "max_turn_tokens": 64, "max_obs_tokens": 128},
     "reward": {"format_reward": True},
     "train": {

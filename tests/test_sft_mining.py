@@ -211,6 +211,28 @@ def test_number_drills_compare_pairs_of_the_corpus_numbers_of_one_length_and_tra
     assert number_drills(["7", "1801"], 5) == []  # no length with two different numbers: nothing to compare
 
 
+def test_number_drills_with_pick_also_train_the_winners_ordinal_for_a_direction():
+    """With sft.say_direction and sft.mark_order a drill goes on as the last thought does: a direction, then
+    the ordinal of the side whose value wins ("1795 vs 1801:<. The smaller wins:" -> " second"), trained."""
+    numbers = ["1801", "1795", "1840", "1801"]
+    drills = number_drills(numbers, 300, seed=1, pick=True)
+    seen = set()
+    for d in drills:
+        head, op = d["segments"][0][0], d["segments"][1][0]
+        later, earlier = head.strip(" :").split(" vs ")  # the later-noted value is written first
+        assert f"{head}{op}. " == " " + relation(earlier, later, after=True)
+        if later == earlier:
+            assert len(d["segments"]) == 3  # no winner: the relation alone
+            continue
+        (_, (wins, context), (ordinal, trained), (tail, after)) = d["segments"][1:]
+        side = wins.split()[2]  # ". The smaller wins:"
+        winner = min if side == "smaller" else max
+        assert ordinal == (" second" if winner(int(later), int(earlier)) == int(later) else " first")
+        assert (context, trained, after) == (False, True, False) and tail == ". So"
+        seen.add((side, ordinal, op))
+    assert {(s, o) for s, o, _ in seen} == {("smaller", " first"), ("smaller", " second"), ("larger", " first"), ("larger", " second")}
+
+
 def test_half_the_comparison_copies_ask_with_the_names_swapped():
     (path,) = mine_paths([COMPARE["question"]], [COMPARE["golden_answers"]], KeywordRetriever(PEOPLE), 1,
                          show=lambda d: d)

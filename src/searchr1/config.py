@@ -231,6 +231,7 @@ class PolicyConfig(Section):
     micro_number_features: int = Field(16, ge=0)  # > 0: number tokens carry a code of their value (copy_llama.py); 0: off
     micro_number_relation: bool = False  # with number features: each number also carries its order against the number before it (copy_llama.py)
     micro_copy_exact_induction: float = Field(0.0, ge=0)  # > 0: the copy head's exact-token induction term, this initial weight (copy_llama.py); 0: off
+    micro_copy_context_gate: bool = False  # the copy gate also reads what the pointer points at (copy_llama.py)
     out_dir: str = "models/base"
 
 
@@ -330,7 +331,8 @@ class SFTConfig(Section):
     number_drills: int = Field(
         0, ge=0, description="Short examples of the relation a comparison writes, on pairs of the corpus's own "
         "numbers (\"1755 vs 1740:\" -> \">\", sft/trajectories.py): in a trajectory that token is one of a "
-        "hundred trained, too little for a small policy to learn to compare. 0: none."
+        "hundred trained, too little for a small policy to learn to compare. With say_direction and mark_order they "
+        "also train the winner's ordinal (\"... The smaller wins:\" -> \"second\"). 0: none."
     )
     num_examples: int | None = Field(None, ge=1)
     epochs: int = Field(2, ge=1)
@@ -364,6 +366,9 @@ class SFTConfig(Section):
         if self.number_drills and not self.relation_after:
             raise ValueError("sft.number_drills trains the relation written after both values (\"1755 vs 1740:>\"): "
                              "it needs sft.relation_after: true")
+        if self.number_drills and not self.mine_comparisons:
+            raise ValueError("sft.number_drills drills the judgement that mined comparison trajectories write: with "
+                             "sft.mine_comparisons: false no trajectory writes one; set sft.number_drills: 0")
         return self
 
 

@@ -8,6 +8,10 @@ that attention, scattered onto token ids, with the usual next-token distribution
 
     p(token) = g * softmax(lm_head(h))[token] + (1 - g) * sum of attention on positions holding token
 
+With ``copy_context_gate`` the gate g also reads what the pointer points at (the attention-weighted
+embedding of the pointed-at tokens: See et al.'s context vector), so it can tell a name's next piece
+(copy on) from the question mark after it (stop).
+
 The pointer's score for position j adds an induction term, the similarity of the current token to
 the token before j, so that after copying a name's first token the next one is a short step away.
 
@@ -36,13 +40,15 @@ class CopyLlamaConfig(LlamaConfig):
     model_type = "searchr1_copy_llama"
 
     def __init__(self, copy_head_dim: int = 64, copy_induction_init: float = 4.0, number_features: int = 0,
-                 copy_exact_induction_init: float = 0.0, number_relation: bool = False, **kwargs):
+                 copy_exact_induction_init: float = 0.0, number_relation: bool = False,
+                 copy_context_gate: bool = False, **kwargs):
         self.copy_head_dim = copy_head_dim
         self.copy_induction_init = copy_induction_init
         # > 0: an exact-token induction term as well (CopyLlamaForCausalLM.forward); 0: none (older checkpoints)
         self.copy_exact_induction_init = copy_exact_induction_init
         self.number_features = number_features  # > 0: number tokens carry a code of their value (NumberedEmbedding)
         self.number_relation = number_relation  # and of their order against the number before them
+        self.copy_context_gate = copy_context_gate  # the gate also reads what the pointer points at
         super().__init__(**kwargs)
 
 
@@ -146,6 +152,11 @@ class CopyLlamaForCausalLM(LlamaForCausalLM):
         self.copy_query = torch.nn.Linear(d, k, bias=False)
         self.copy_key = torch.nn.Linear(d, k, bias=False)
         self.copy_gate = torch.nn.Linear(d, 1)  # logit of g, the weight of the vocabulary distribution
+        if getattr(config, "copy_context_gate", False):
+            # Adds to g's logit a reading of the embedding the pointer is about to copy: with h alone the gate
+            # must know from the backbone whether a name goes on, and it cut names mid-word where the pointer
+            # was already on the next piece (issue 30, docs/results.md).
+            self.copy_gate_context = torch.nn.Linear(config.hidden_size, 1, bias=False)
         # Weight of the induction term: how much pointing prefers the token after an earlier copy of
         # the current token, which is how a multi-token name is copied on after its first token.
         self.copy_induction = torch.nn.Parameter(torch.tensor([float(config.copy_induction_init)]))  # 1-d: DeepSpeed broadcasts no 0-d tensors
@@ -176,6 +187,18 @@ class CopyLlamaForCausalLM(LlamaForCausalLM):
         if not getattr(layer, "is_initialized", False) or layer.values.numel() == 0:
             return None
         return layer.values[:, 0, :, 0].long()
+
+    def _pointed_at(self, attn: torch.Tensor, ids: torch.Tensor, logits_at: torch.Tensor | None) -> torch.Tensor:
+        """The attention-weighted embedding of the context tokens: (B, T, d), or (N, d) for ``logits_at``."""
+        pointed = F.embedding(ids, self.model.embed_tokens.weight).float()  # (B, S, d)
+        if logits_at is None:
+            return attn @ pointed
+        rows = logits_at.nonzero()[:, 0]  # the batch row of each selected position, in attn's order
+        out = attn.new_zeros(attn.shape[0], pointed.shape[-1])
+        for b in rows.unique().tolist():
+            pick = rows == b
+            out[pick] = attn[pick] @ pointed[b]
+        return out
 
     def forward(
         self,
@@ -245,7 +268,10 @@ class CopyLlamaForCausalLM(LlamaForCausalLM):
             allowed = allowed.expand(scores.shape[0], -1, -1)
             scores, allowed, targets, h = scores[logits_at], allowed[logits_at], targets[logits_at], h[logits_at]
         attn = scores.float().masked_fill(~allowed, float("-inf")).softmax(-1)
-        gate = torch.sigmoid(self.copy_gate(h).float())
+        gate_logit = self.copy_gate(h).float()
+        if hasattr(self, "copy_gate_context"):
+            gate_logit = gate_logit + self.copy_gate_context(self._pointed_at(attn, ids, logits_at).to(h.dtype)).float()
+        gate = torch.sigmoid(gate_logit)
         vocab = self.lm_head(h).float().softmax(-1)
         # g * vocab + (1 - g) * (attention scattered onto token ids), without a dense copy tensor.
         probs = (gate * vocab).scatter_add(-1, targets, (1 - gate) * attn)

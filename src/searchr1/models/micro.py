@@ -79,7 +79,8 @@ def build_micro_policy(cfg, tokenizer):
     config_cls, model_cls = (CopyLlamaConfig, CopyLlamaForCausalLM) if cfg.micro_copy_head else (LlamaConfig, LlamaForCausalLM)
     number_features = cfg.micro_number_features if cfg.micro_copy_head else 0
     extra = {"number_features": number_features, "number_relation": bool(number_features and cfg.micro_number_relation),
-             "copy_exact_induction_init": cfg.micro_copy_exact_induction} if cfg.micro_copy_head else {}
+             "copy_exact_induction_init": cfg.micro_copy_exact_induction,
+             "copy_context_gate": cfg.micro_copy_context_gate} if cfg.micro_copy_head else {}
     config = config_cls(
         **extra,
         vocab_size=len(tokenizer),

@@ -288,7 +288,8 @@ def run_sft(
             numbers = corpus_numbers(row.get("contents", "") for _, row in iter_jsonl(settings.corpus.out_path))
         records += comparison_copies(records, rows, paths, cfg, build, numbers_by_length(numbers), settings.seed)
         if cfg.number_drills:
-            records += number_drills(numbers, cfg.number_drills, seed=settings.seed)
+            records += number_drills(numbers, cfg.number_drills, seed=settings.seed,
+                                     pick=cfg.say_direction and cfg.mark_order)
         tokenized = [tokenize_example(ex["segments"], tokenizer, max_len) for ex in records]
         # A turn the rollout cannot finish within max_turn_tokens would teach an action the policy
         # can never complete: such examples are left out (and counted).

@@ -179,11 +179,15 @@ def numbers_by_length(numbers: Iterable[str]) -> dict[int, list[str]]:
     return by_length
 
 
-def number_drills(numbers: Sequence[str], count: int, seed: int = 0) -> list[dict]:
+def number_drills(numbers: Sequence[str], count: int, seed: int = 0, pick: bool = False) -> list[dict]:
     """``count`` short examples of the relation a comparison writes, on pairs of the corpus's numbers of
     the same length ("1755 vs 1740:" -> ">"): in a trajectory the relation is one token of a hundred trained,
     too little signal for a small policy to learn to compare (issue 30, docs/results.md); here it is the
-    only one. The relation token alone is trained; the text after it is context, so no end of turn follows."""
+    only one. With ``pick`` (``sft.say_direction`` and ``sft.mark_order``) each drill of two different
+    numbers goes on as the last thought does, with a direction drawn at random, and trains the winner's
+    ordinal too ("1755 vs 1740:>. The smaller wins:" -> "second"): the ordinal depends on the relation and
+    the direction together, which one seed's cold start never learnt from its few hundred comparisons.
+    Only those tokens are trained; the text after them is context, so no end of turn follows."""
     by_length = numbers_by_length(numbers)
     lengths = [k for k, group in by_length.items() if len(set(group)) > 1]
     if not lengths:
@@ -195,8 +199,12 @@ def number_drills(numbers: Sequence[str], count: int, seed: int = 0) -> list[dic
         first, second = rng.choice(group), rng.choice(group)
         text = relation(first, second, after=True)  # "1755 vs 1740:>. "
         head, op = text.split(":", 1)
-        drills.append({"id": f"drill-{i}", "number_drill": True,
-                       "segments": [(f" {head}:", False), (op[0], True), (". So", False)]})
+        segments = [(f" {head}:", False), (op[0], True)]
+        if pick and first != second:  # the direction drawn only here: drills without it stay as they were
+            side = rng.choice(("smaller", "larger"))
+            winner = [first, second].index((min if side == "smaller" else max)(first, second, key=int))
+            segments += [(f". {WINS.format(side=side)}:", False), (f" {ORDINALS[winner]}", True)]
+        drills.append({"id": f"drill-{i}", "number_drill": True, "segments": segments + [(". So", False)]})
     return drills
 
 
