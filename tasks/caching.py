@@ -102,8 +102,11 @@ def metrics_file(stage: str) -> Path:
 
 
 def uses_dvc_lock(overrides: list[str]) -> bool:
-    """Whether dvc.lock is the record: the flow runs in a DVC project on params.yaml as it is."""
-    return not overrides and Path("dvc.yaml").is_file() and Path(".dvc").is_dir()
+    """Whether dvc.lock is the record: the flow runs in a DVC project on params.yaml as it is, inside a git
+    repository (DVC needs one: a copy of the project without .git, e.g. an archive, keeps the flow's own record)."""
+    here = Path.cwd().resolve()
+    in_git = any((d / ".git").exists() for d in (here, *here.parents))
+    return not overrides and Path("dvc.yaml").is_file() and Path(".dvc").is_dir() and in_git
 
 
 def dvc_unchanged(stage: str) -> bool:

@@ -112,3 +112,16 @@ def test_prefect_skip_decision_equals_dvc_status(repo, monkeypatch, change):
         data.write_bytes(data_before)
         if change == "output":
             sh("dvc", "checkout", "--quiet", "train", cwd=repo)
+
+
+def test_dvc_lock_is_the_record_only_inside_a_git_repository(tmp_path, monkeypatch):
+    """DVC needs git: the project copied without .git (an archive) keeps the flow's own record instead of
+    failing at the first stage; with --set overrides the flow's own record too (dvc.lock holds params.yaml's run)."""
+    from tasks.caching import uses_dvc_lock
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / ".dvc").mkdir()
+    assert not uses_dvc_lock([])
+    (tmp_path / ".git").mkdir()
+    assert uses_dvc_lock([]) and not uses_dvc_lock(["seed=1"])
