@@ -122,6 +122,11 @@ def winning_side(values: Sequence[str], winner: int | None) -> str | None:
     return None if mine == other else "smaller" if mine < other else "larger"
 
 
+def winner_for(values: Sequence[str], side: str) -> int:
+    """The index of the value that wins when the ``side`` ("smaller" or "larger") wins, of whole numbers."""
+    return values.index((min if side == "smaller" else max)(values, key=int))
+
+
 def with_other_values(example: dict, by_length: dict[int, list[str]], rng: random.Random, cfg) -> dict | None:
     """A comparison trajectory with its two compared values replaced, everywhere the policy reads or writes
     them, by other numbers of the corpus of the same lengths (``by_length``, from ``numbers_by_length``),
@@ -145,7 +150,7 @@ def with_other_values(example: dict, by_length: dict[int, list[str]], rng: rando
     def sub(text: str) -> str:
         return pattern.sub(lambda m: replace[m.group(0)], text)
 
-    new_winner = new.index((min if side == "smaller" else max)(new, key=int))
+    new_winner = winner_for(new, side)
     answer = judged["answer"] if new_winner == winner else names[new_winner]
     judged = {**judged, "notes": sub(judged["notes"]), "values": new, "answer": answer, "winner": new_winner}
     segments = [example["segments"][0]] + [(sub(text), trainable) for text, trainable in example["segments"][1:-1]]
@@ -202,7 +207,7 @@ def number_drills(numbers: Sequence[str], count: int, seed: int = 0, pick: bool 
         segments = [(f" {head}:", False), (op[0], True)]
         if pick and first != second:  # the direction drawn only here: drills without it stay as they were
             side = rng.choice(("smaller", "larger"))
-            winner = [first, second].index((min if side == "smaller" else max)(first, second, key=int))
+            winner = winner_for([first, second], side)
             segments += [(f". {WINS.format(side=side)}:", False), (f" {ORDINALS[winner]}", True)]
         drills.append({"id": f"drill-{i}", "number_drill": True, "segments": segments + [(". So", False)]})
     return drills
