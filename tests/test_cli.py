@@ -47,6 +47,21 @@ def test_named_profile_is_read_from_profiles_and_a_missing_one_is_a_clear_error(
     assert "profile 'nope'" in err and "long" in err
 
 
+def test_named_profile_is_found_beside_the_settings_file_from_a_sub_folder(tmp_path, capsys, monkeypatch):
+    # A stage run in a work folder (e.g. runs/check-world) with --params ../../params.yaml: `--profile ppo`
+    # means the project's profiles/ppo.yaml, not a profiles/ folder in the work folder.
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "fast.yaml").write_text("train:\n  steps: 7\n")
+    (tmp_path / "params.yaml").write_text("seed: 3\n")
+    work = tmp_path / "runs" / "other"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    assert main(["config", "--params", "../../params.yaml", "--profile", "fast"]) == 0
+    assert "steps: 7" in capsys.readouterr().out
+    assert main(["config", "--profile", "fast"]) == 2  # without the settings file's folder there is none here
+    assert "profile 'fast'" in capsys.readouterr().err
+
+
 def test_every_shipped_profile_gives_valid_settings(capsys, monkeypatch):
     from pathlib import Path
 

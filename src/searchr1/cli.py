@@ -39,8 +39,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "--profile",
         default=None,
         metavar="NAME|FILE",
-        help="a settings profile applied over --params before --set: profiles/NAME.yaml or a YAML file "
-        "holding only the keys it changes (e.g. --profile long)",
+        help="a settings profile applied over --params before --set: profiles/NAME.yaml (here, else beside "
+        "the --params file) or a YAML file holding only the keys it changes (e.g. --profile long)",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     try:
         if args.profile:  # a profile is a list of overrides, so every driver (flows, tasks, DVC) sees the same
-            args.overrides = profile_overrides(args.profile) + args.overrides
+            args.overrides = profile_overrides(args.profile, args.params) + args.overrides
         settings = load_settings(args.params, args.overrides)
         args.handler(settings, args)
     except (SearchR1Error, FileNotFoundError) as exc:

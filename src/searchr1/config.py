@@ -598,14 +598,17 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 PROFILES_DIR = Path("profiles")
 
 
-def profile_overrides(profile: str | Path) -> list[str]:
-    """The ``KEY=VALUE`` overrides of a profile: ``profiles/<name>.yaml`` or a YAML file, nested like
-    params.yaml and holding only the keys it changes."""
+def profile_overrides(profile: str | Path, params: str | Path | None = None) -> list[str]:
+    """The ``KEY=VALUE`` overrides of a profile: a YAML file, or a name looked up as
+    ``profiles/<name>.yaml`` here and then beside the settings file ``params`` (so a stage run in a
+    sub-folder with ``--params ../../params.yaml`` finds the project's profiles). Nested like
+    params.yaml, holding only the keys it changes."""
     path = Path(profile)
-    if not path.exists() and (PROFILES_DIR / f"{profile}.yaml").exists():
-        path = PROFILES_DIR / f"{profile}.yaml"
+    folders = [PROFILES_DIR] + ([Path(params).parent / PROFILES_DIR] if params is not None else [])
     if not path.exists():
-        known = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")) if PROFILES_DIR.is_dir() else []
+        path = next((d / f"{profile}.yaml" for d in folders if (d / f"{profile}.yaml").exists()), path)
+    if not path.exists():
+        known = sorted({p.stem for d in folders if d.is_dir() for p in d.glob("*.yaml")})
         raise ConfigError(f"profile {profile!r}: no such file (profiles here: {', '.join(known) or 'none'})")
     try:
         data = yaml.safe_load(path.read_text()) or {}
