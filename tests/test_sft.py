@@ -149,6 +149,28 @@ def test_second_hop_is_skipped_only_when_first_passages_hold_the_answer():
     assert not full["skipped_hop"] and full["num_searches"] == 2
 
 
+def test_without_plan_first_every_question_opens_alike_and_the_passages_decide():
+    docs = [Doc("a", '"Ada Pell"\nAda Pell was born in Kastrin.'),
+            Doc("k", '"Kastrin"\nKastrin is a city founded by Ilsa Marrow.')]
+    one = {"id": "t1", "question": "Where was Ada Pell born?", "golden_answers": ["Kastrin"]}
+    two = {"id": "t2", "question": "Who founded the birthplace of Ada Pell?", "golden_answers": ["Ilsa Marrow"]}
+    paths = [[one["question"]], [two["question"], "Kastrin"]]
+
+    def first_thoughts(plan_first):
+        cfg = SFTConfig(query_noise=0, skip_hop=0.0, plan_first=plan_first)
+        examples = build_sft_examples([one, two], paths, KeywordRetriever(docs), 1, cfg, seed=0)
+        assert [ex["num_searches"] for ex in examples] == [1, 2]
+        return [ex["segments"][1][0].split("</think>")[0] for ex in examples]
+
+    planned = first_thoughts(True)
+    assert planned[0] != planned[1]  # the plan (one search or more) is written before any passage
+    unplanned = first_thoughts(False)
+    assert unplanned[0] == unplanned[1]  # nothing to tell the two apart until the passages are read
+    # the two-hop trajectory's second thought, written after the first block, is where it decides
+    examples = build_sft_examples([two], paths[1:], KeywordRetriever(docs), 1, SFTConfig(query_noise=0, skip_hop=0.0, plan_first=False))
+    assert "<search> Kastrin </search>" in examples[0]["segments"][3][0]
+
+
 def test_questions_whose_answer_is_never_retrieved_are_dropped():
     docs, train, _ = make_world()
     docs = [d for d in docs if not d.id.startswith("c")]  # no city passages: second hop cannot succeed

@@ -342,6 +342,13 @@ class SFTConfig(Section):
         None, ge=1, description="Examples per forward/backward; a batch's gradient is accumulated over them (the "
         "same update). Bounds peak memory: a batch's logits alone are examples x length x vocabulary floats."
     )
+    plan_first: bool = Field(
+        True, description="When the first search is the question, the first thought says whether one search or more "
+        "will be needed (\"One search should do.\" / \"This needs more than one search.\"), decided from the question "
+        "alone. False: that thought is the same for every question, and whether to search again is decided after "
+        "reading the passages (the next thought: search for the next hop, or answer from them). Comparisons keep "
+        "their plan (which names to look up)."
+    )
     query_noise: float = Field(0.3, ge=0, le=1, description="Fraction of trajectories with an imperfect first query.")
     skip_hop: float = Field(
         0.5, ge=0, le=1, description="Multi-hop trajectories answering after one search when its passages already hold the answer."

@@ -41,6 +41,9 @@ SEARCH_QUESTION = {
         "<think> I will need several searches. </think>\n<search> {q} </search>",
     ),
 }
+# With ``sft.plan_first`` false every question opens with the same thought: the decision to search again
+# is taken after the passages, where a one-hop question's answer is already in them.
+NO_PLAN = ("<think> I will search for the question. </think>\n<search> {q} </search>",)
 FIRST_SEARCH = (
     "<think> I need to find {q}. </think>\n<search> {q} </search>",
     "<think> To answer this, I should search for {q}. </think>\n<search> {q} </search>",
@@ -282,7 +285,8 @@ def build_sft_examples(
 
     Hops follow ``paths[i]``, the search queries for ``qa_rows[i]`` (mined, or the generator's gold
     queries); a row whose path is None gets no search trajectory. When the first query is the question
-    itself, the first thought says whether one search or more will be needed (``SEARCH_QUESTION``).
+    itself, the first thought says whether one search or more will be needed (``SEARCH_QUESTION``; with
+    ``cfg.plan_first`` false it is the same for every question, ``NO_PLAN``).
     With probability ``cfg.query_noise`` the first query is imperfect; if its passages miss the
     needed fact (the path query's top passage, or the answer on the last hop) the trajectory
     re-searches with the path's query. With probability ``cfg.skip_hop`` a multi-hop trajectory
@@ -336,7 +340,7 @@ def build_sft_examples(
                 turn = rng.choice(SEARCH_QUESTION[True]).replace(" </think>", plan, 1)
                 planned_at = len(segments)  # the plan's turn: with say_direction it gains which value wins
             elif query == row["question"].strip():
-                turn = rng.choice(SEARCH_QUESTION[len(queries) > 1])
+                turn = rng.choice(SEARCH_QUESTION[len(queries) > 1] if cfg.plan_first else NO_PLAN)
             else:
                 turn = rng.choice(FIRST_SEARCH)
             if hop == 0 and noisy:
