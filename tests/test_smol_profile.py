@@ -8,9 +8,9 @@ import pytest
 from searchr1.config import profile_overrides
 from tests.test_pipeline_flow import inside_tiny_project
 
-# The profile as shipped, then only sizes cut down (the tiny project shows 96-token passages): 8 training questions, 1 GRPO step of 2 x 2 samples, 2 test questions.
+# The profile as shipped, then only sizes cut down (the tiny project shows 96-token passages): 8 training questions (8 drills), 1 GRPO step of 2 x 2 samples, 2 test questions.
 SHRINK = [
-    "sft.num_examples=8", "sft.epochs=1", "rollout.max_turns=1", "rollout.max_obs_tokens=200",
+    "sft.num_examples=8", "sft.epochs=1", "sft.number_drills=8", "rollout.max_turns=1", "rollout.max_obs_tokens=200",
     "train.steps=1", "train.prompts_per_step=2", "train.num_generations=2", "train.minibatch_size=4",
     "train.deepspeed.gradient_accumulation_steps=2", "train.eval_every=1", "train.eval_size=2",
     "evaluation.max_examples=2", "evaluation.methods=[search-r1]", "evaluation.models=[sft, policy]",
