@@ -43,7 +43,7 @@ SEARCH_QUESTION = {
 }
 # With ``sft.plan_first`` false every question opens with the same thought: the decision to search again
 # is taken after the passages, where a one-hop question's answer is already in them.
-NO_PLAN = ("<think> I will search for the question. </think>\n<search> {q} </search>",)
+NO_PLAN = SEARCH_QUESTION[False][:1]  # "I will search for the question."
 FIRST_SEARCH = (
     "<think> I need to find {q}. </think>\n<search> {q} </search>",
     "<think> To answer this, I should search for {q}. </think>\n<search> {q} </search>",
