@@ -66,7 +66,7 @@ def phrase_logprob(model, prompt_ids: list[int], phrase_ids: list[int]) -> float
 
 
 def probe(model_dir: str, items: list[dict], template: str, observe=None) -> dict:
-    """``observe(question)``: the information block of the first search (after-passages mode), or None."""
+    """``observe(question, tokenizer)``: the information block of the first search (after-passages mode), or None."""
     model, tokenizer = load_policy(model_dir, device="cpu")
     encode = lambda text: tokenizer(text, add_special_tokens=False).input_ids  # noqa: E731
     phrases = {k: [encode(p) for p in v] for k, v in (decision_phrases() if observe else plan_phrases()).items()}
