@@ -335,4 +335,13 @@ def test_say_direction_plans_which_value_wins_and_says_it_again_before_the_name(
     first, second = copy["judged"]["values"]
     pick = "first Ada Pell" if int(first) < int(second) else "second Ilsa Marrow"
     assert f"The smaller wins: {pick}. So the answer is {pick.split(' ', 1)[1]}. </think>" in turns_text(copy)
+    # sft.relation_in_note: the value noted last runs on into the relation, written once; its copies too.
+    folded_cfg = marked_cfg.model_copy(update={"relation_in_note": True})
+    (folded,) = build_sft_examples([COMPARE], [path.queries], KeywordRetriever(PEOPLE), 1, folded_cfg)
+    assert turns_text(folded).endswith("<think> Ilsa Marrow: 1795 vs 1801:<. The smaller wins: second Ilsa Marrow. "
+                                       "So the answer is Ilsa Marrow. </think>\n<answer> Ilsa Marrow </answer>")
+    assert "Ada Pell: 1801. Next" in turns_text(folded) or "Ada Pell: 1801. Now" in turns_text(folded)
+    copy = with_other_values(folded, numbers_by_length(["1901", "1750"]), random.Random(0), folded_cfg)
+    first, second = copy["judged"]["values"]
+    assert f"<think> Ilsa Marrow: {second} vs {first}:" in turns_text(copy) and f"{second}. {second}" not in turns_text(copy)
     assert winning_side(["1801", "1801"], 0) is None and winning_side(["1,801", "1795"], 1) is None

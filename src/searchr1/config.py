@@ -328,6 +328,12 @@ class SFTConfig(Section):
         False, description="A comparison writes its relation after both values (\"1825 vs 1758:>\"), not between "
         "them (\"1825 > 1758\"): the form number_drills train and policy.micro_number_relation serves."
     )
+    relation_in_note: bool = Field(
+        False, description="The note of the value found last runs on into the relation (\"B: 1795 vs 1801:<.\"), "
+        "instead of the value being written again to open it (\"B: 1795. 1795 vs 1801:<.\"): one copy fewer in "
+        "the judgement, and the choice between searching on and judging is the word after the value (\".\" or "
+        "\" vs\")."
+    )
     number_drills: int = Field(
         0, ge=0, description="Short examples of the relation a comparison writes, on pairs of the corpus's own "
         "numbers (\"1755 vs 1740:\" -> \">\", sft/trajectories.py): in a trajectory that token is one of a "

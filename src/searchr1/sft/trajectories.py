@@ -107,12 +107,16 @@ def judgement(judged: dict, cfg) -> str:
     """A comparison's last turn from ``judged`` (its names, noted values, the notes the last block gave, the
     answer and the winner's index): the notes, the relation of the two values, which value wins (with
     ``sft.say_direction``: "The smaller wins"), the winner by its ordinal (with ``sft.mark_order``:
-    "second B"), the answer."""
+    "second B"), the answer. With ``sft.relation_in_note`` the last note runs on into the relation."""
     names, values, winner = judged["names"], judged["values"], judged["winner"]
     side = winning_side(values, winner) if cfg.say_direction else None
     marked = f"{ORDINALS[winner]} {names[winner]}" if cfg.mark_order and winner is not None else None
     said = ": ".join(filter(None, [side and WINS.format(side=side), marked]))
-    turn = judged["notes"] + relation(*values, after=cfg.relation_after) + (said and said + ". ")
+    notes, rel = judged["notes"], relation(*values, after=cfg.relation_after)
+    if cfg.relation_in_note and rel and notes.endswith(f": {values[1]}. "):
+        # "B: 1795 vs 1801:<. ": the value just noted is not written a second time, a copy fewer to get wrong
+        notes, rel = notes[:-len(". ")], rel[len(values[1]):]
+    turn = notes + rel + (said and said + ". ")
     return with_notes(COMPARE_ANSWER.format(a=judged["answer"]), turn)
 
 
