@@ -332,7 +332,7 @@ class SFTConfig(Section):
         False, description="The note of the value found last runs on into the relation (\"B: 1795 vs 1801:<.\"), "
         "instead of the value being written again to open it (\"B: 1795. 1795 vs 1801:<.\"): one copy fewer in "
         "the judgement, and the choice between searching on and judging is the word after the value (\".\" or "
-        "\" vs\")."
+        "\" vs\"). Off: over two seeds of the check world it gained once and lost once (issue 30, docs/results.md)."
     )
     number_drills: int = Field(
         0, ge=0, description="Short examples of the relation a comparison writes, on pairs of the corpus's own "
