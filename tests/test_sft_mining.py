@@ -24,12 +24,14 @@ from searchr1.sft.mining import (
 from searchr1.sft.train import comparison_copies
 from searchr1.sft.trajectories import (
     build_sft_examples,
+    corpus_words,
     corpus_numbers,
     number_drills,
     numbers_by_length,
     relation,
     swapped,
     winning_side,
+    with_new_names,
     with_other_values,
 )
 from tests.test_sft import KeywordRetriever, make_world, turns_text
@@ -345,3 +347,37 @@ def test_say_direction_plans_which_value_wins_and_says_it_again_before_the_name(
     first, second = copy["judged"]["values"]
     assert f"<think> Ilsa Marrow: {second} vs {first}:" in turns_text(copy) and f"{second}. {second}" not in turns_text(copy)
     assert winning_side(["1801", "1801"], 0) is None and winning_side(["1,801", "1795"], 1) is None
+
+
+def test_new_name_copies_replace_every_name_the_corpus_never_writes_lower_case():
+    """sft.new_names: a copy of a trajectory whose question's names and answers are made-up words, everywhere
+    the policy reads or writes them; a word the corpus also writes in lower case ("town") and the protocol's
+    own words stay. sft.reword: the question's other words may change, in the prompt and the first query too."""
+    row = {"id": "t", "question": "In which town was Ada Pell born?", "golden_answers": ["Kastrin"]}
+    docs = PEOPLE
+    cfg = SFTConfig(query_noise=0.0, skip_hop=0.0, rag_fraction=0.0)
+    (ex,) = build_sft_examples([row], [[row["question"]]], KeywordRetriever(docs), 2, cfg)
+    words = corpus_words(d.contents for d in docs)
+    assert "town" in words and "ada" not in words
+    copy = with_new_names(ex, words, random.Random(0))
+    text = "".join(t for t, _ in copy["segments"])
+    for name in ("Ada", "Pell", "Kastrin"):
+        assert name not in text and name not in copy["question"] and name not in copy["golden_answers"][0]
+    assert [t for _, t in copy["segments"]] == [t for _, t in ex["segments"]]  # what is trained is unchanged
+    new_answer = copy["golden_answers"][0]
+    assert new_answer != "Kastrin" and f"<answer> {new_answer} </answer>" in text
+    assert f"born in 1801 in {new_answer}." in text  # the passage says the same of the new name
+    assert copy["question"].startswith("In which town was ") and f"<search> {copy['question']} </search>" in text
+    assert "Answer the given question" in text  # the instruction is not rewritten
+    assert "Kastrin" in "".join(t for t, _ in ex["segments"])  # the original stays as it was
+
+    reworded = with_new_names(ex, words, random.Random(0), reword=1.0)
+    question = reworded["question"]
+    assert question != copy["question"] and question.endswith("?")
+    kept = [w for w in re.findall(r"[A-Za-z]+", question) if w.lower() in words or w in copy["question"]]
+    assert len(kept) == len(re.findall(r"[A-Za-z]+", question))  # corpus words, and the made-up names
+    assert f"Question: {question}" in reworded["segments"][0][0]
+    assert f"<search> {question} </search>" in reworded["segments"][1][0]
+    # Nothing to rename: no copy.
+    assert with_new_names({**ex, "question": "In which town was it?", "golden_answers": ["town"]}, words,
+                          random.Random(0)) is None

@@ -340,6 +340,16 @@ class SFTConfig(Section):
         "hundred trained, too little for a small policy to learn to compare. With say_direction and mark_order they "
         "also train the winner's ordinal (\"... The smaller wins:\" -> \"second\"). 0: none."
     )
+    new_names: float = Field(
+        0.0, ge=0, le=1, description="Share of the trajectories that also appear with made-up names: every word of the "
+        "question's names and of the answers that the corpus never writes in lower case is replaced by a made-up word "
+        "wherever the policy reads or writes it (sft/trajectories.py with_new_names). The policy learns to copy "
+        "whatever names a question and its passages hold, not this corpus's (issue 33). 0: none."
+    )
+    reword: float = Field(
+        0.0, ge=0, le=1, description="In those copies, the chance that each other word of the question is replaced "
+        "by a word of the corpus: a question worded as none before still gets searched and answered (issue 33)."
+    )
     num_examples: int | None = Field(None, ge=1)
     epochs: int = Field(2, ge=1)
     lr: float = Field(1e-3, gt=0)
@@ -379,6 +389,9 @@ class SFTConfig(Section):
         if self.number_drills and not self.relation_after:
             raise ValueError("sft.number_drills trains the relation written after both values (\"1755 vs 1740:>\"): "
                              "it needs sft.relation_after: true")
+        if self.reword and not self.new_names:
+            raise ValueError("sft.reword rewords the questions of the copies that sft.new_names makes: with "
+                             "sft.new_names: 0 there are none; set sft.new_names > 0 or sft.reword: 0")
         if self.number_drills and not self.mine_comparisons:
             raise ValueError("sft.number_drills drills the judgement that mined comparison trajectories write: with "
                              "sft.mine_comparisons: false no trajectory writes one; set sft.number_drills: 0")

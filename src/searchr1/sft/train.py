@@ -27,10 +27,12 @@ from searchr1.sft.mining import compared_names, mine_paths, mining_report
 from searchr1.sft.trajectories import (
     build_sft_examples,
     corpus_numbers,
+    corpus_words,
     gold_queries,
     number_drills,
     numbers_by_length,
     swapped,
+    with_new_names,
     with_other_values,
 )
 
@@ -283,10 +285,16 @@ def run_sft(
                                       observe=observe, rag_context=rag_context)
 
         records = build(rows, paths)
-        numbers = []
+        numbers, words = [], []
         if cfg.number_drills or cfg.vary_values:
             numbers = corpus_numbers(row.get("contents", "") for _, row in iter_jsonl(settings.corpus.out_path))
+        if cfg.new_names:
+            words = corpus_words(row.get("contents", "") for _, row in iter_jsonl(settings.corpus.out_path))
         records += comparison_copies(records, rows, paths, cfg, build, numbers_by_length(numbers), settings.seed)
+        if cfg.new_names:
+            rng = random.Random(settings.seed + 1)  # its own stream: the trajectories themselves stay as they were
+            picked = [r for r in records if rng.random() < cfg.new_names]
+            records += [c for r in picked if (c := with_new_names(r, words, rng, cfg.reword))]
         if cfg.number_drills:
             records += number_drills(numbers, cfg.number_drills, seed=settings.seed,
                                      pick=cfg.say_direction and cfg.mark_order)
@@ -330,6 +338,7 @@ def run_sft(
         searches_per_example=sum(r["num_searches"] for r in trajectories) / max(len(trajectories), 1),
         number_drills=len(records) - len(trajectories),
         rag_examples=sum(r.get("rag", False) for r in records),
+        new_name_copies=sum(r.get("new_names", False) for r in records),
         re_searched=sum(r.get("re_searched", False) for r in records),
         skipped_hop=sum(r.get("skipped_hop", False) for r in records),
         truncated=sum(len(ids) == max_len for ids, _ in tokenized),

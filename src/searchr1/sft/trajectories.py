@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from tqdm import tqdm
 
-from searchr1.prompts import ANSWER_CLOSE, ANSWER_OPEN, format_passages, information_block, make_prompt
+from searchr1.prompts import ANSWER_CLOSE, ANSWER_OPEN, TEMPLATES, format_passages, information_block, make_prompt
 from searchr1.retrieval.base import Doc, Retriever
 from searchr1.sft.mining import (
     compared_names,
@@ -22,6 +22,7 @@ from searchr1.sft.mining import (
     deciding_value,
     mentions,
     names_answer,
+    names_in,
     passage_about,
 )
 
@@ -218,6 +219,70 @@ def number_drills(numbers: Sequence[str], count: int, seed: int = 0, pick: bool 
             segments += [(f". {WINS.format(side=side)}:", False), (f" {ORDINALS[winner]}", True)]
         drills.append({"id": f"drill-{i}", "number_drill": True, "segments": segments + [(". So", False)]})
     return drills
+
+
+# Made-up names (``with_new_names``): two or three syllables, each an onset, a vowel and often a coda.
+ONSETS = (*"bcdfghjklmnprstvwz", "bl", "br", "ch", "cl", "cr", "dr", "fl", "fr", "gl", "gr", "kl", "kr", "pl", "pr",
+          "qu", "sh", "sk", "sl", "sn", "sp", "st", "th", "tr", "tw", "wh", "zh")
+VOWELS = (*"aeiouy", "ai", "au", "ea", "ee", "ei", "ia", "ie", "io", "oa", "oo", "ou", "ui")
+CODAS = ("", "", "", *"lmnrstxk", "ch", "ck", "ld", "lm", "nd", "ng", "nt", "rk", "rn", "rt", "sk", "st", "th")
+WORD = re.compile(r"[A-Za-z]+")
+# Words of the protocol's own text: never taken for a name, so a copy never rewrites the instruction or a thought.
+TEMPLATE_WORDS = frozenset(
+    w for text in (*TEMPLATES.values(), *SEARCH_QUESTION[False], *SEARCH_QUESTION[True], *FIRST_SEARCH, *NEXT_SEARCH,
+                   COMPARE_PLAN, MARKED_PLAN, RE_SEARCH, ANSWER, COMPARE_ANSWER, WINS, *ORDINALS)
+    for w in WORD.findall(text)
+)
+
+
+def made_up_name(rng: random.Random) -> str:
+    """A capitalised word no corpus is likely to hold ("Sploumeck")."""
+    return "".join(rng.choice(ONSETS) + rng.choice(VOWELS) + rng.choice(CODAS) for _ in range(rng.randint(2, 3))).capitalize()
+
+
+def corpus_words(texts: Iterable[str]) -> list[str]:
+    """The distinct lower-case words the passages write, sorted: a corpus's own vocabulary."""
+    return sorted({w for text in texts for w in WORD.findall(text) if w.islower()})
+
+
+def with_new_names(example: dict, words: Sequence[str], rng: random.Random, reword: float = 0.0) -> dict | None:
+    """A copy of a trajectory whose names are made up: every word of its question's names and of its answers
+    that the corpus never writes in lower case (``words``, from ``corpus_words``: "Gebuth", not "Guild") is
+    replaced by a made-up word (``made_up_name``) in everything the policy reads and writes: prompt, passages,
+    queries, thoughts, answer. The policy then learns to copy whatever names a question and its passages
+    hold, not to recall this corpus's (``sft.new_names``, issue 33). With ``reword``, each other word of the
+    question is replaced with that chance by a word of the corpus, so a question worded as none before
+    still gets its search and answer (a trajectory whose first query was cut from the question is renamed
+    only). None when the question names nothing to replace."""
+    question = example["question"].strip()
+    known, shared = set(words), TEMPLATE_WORDS
+    answers = [str(a) for a in example["golden_answers"]]
+    spans = names_in(question) + [n for a in answers for n in names_in(a)]
+    renamed = {w: "" for span in spans for w in WORD.findall(span) if w.lower() not in known and w not in shared}
+    if not renamed:
+        return None
+    taken = set(renamed)
+    for w in renamed:
+        while not renamed[w] or renamed[w] in taken:
+            renamed[w] = made_up_name(rng)
+        taken.add(renamed[w])
+    if reword and not example.get("noisy_query"):
+        parts = re.split(r"([A-Za-z]+)", question)
+        for i in range(1, len(parts), 2):  # the words; names are not reworded
+            if parts[i] not in renamed and rng.random() < reword:
+                parts[i] = rng.choice(words).capitalize() if i == 1 else rng.choice(words)
+        new_question = "".join(parts)
+    else:
+        new_question = question
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, renamed)) + r")\b")
+
+    def rewrite(text: str) -> str:
+        return pattern.sub(lambda m: renamed[m.group(0)], text.replace(question, new_question))
+
+    segments = [(rewrite(text), trainable) for text, trainable in example["segments"]]
+    copy = {k: v for k, v in example.items() if k != "judged"}  # the copy is final: nothing rewrites its values
+    return {**copy, "id": f"{example['id']}#new-names", "question": rewrite(question),
+            "golden_answers": [rewrite(a) for a in answers], "segments": segments, "new_names": True}
 
 
 def swapped(row: dict, names: Sequence[str]) -> dict:
