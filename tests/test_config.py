@@ -73,6 +73,7 @@ def test_invalid_yaml_names_the_file(tmp_path):
          ["train.prompts_per_step x train.num_generations", "train.minibatch_size"]),
         (["sft.mine_comparisons=false"], ["sft.number_drills", "sft.mine_comparisons"]),
         (["sft.relation_after=false"], ["sft.number_drills", "sft.relation_after"]),
+        (["sft.new_names=0", "sft.reword=0.2"], ["sft.reword", "sft.new_names"]),
     ],
 )
 def test_contradictory_or_ignored_settings_are_errors_naming_both_keys(overrides, keys):
