@@ -24,8 +24,8 @@ from searchr1.sft.mining import (
 from searchr1.sft.train import comparison_copies
 from searchr1.sft.trajectories import (
     build_sft_examples,
-    corpus_words,
     corpus_numbers,
+    corpus_words,
     number_drills,
     numbers_by_length,
     relation,
