@@ -255,10 +255,10 @@ def with_new_names(example: dict, words: Sequence[str], rng: random.Random, rewo
     still gets its search and answer (a trajectory whose first query was cut from the question is renamed
     only). None when the question names nothing to replace."""
     question = example["question"].strip()
-    known, shared = set(words), TEMPLATE_WORDS
+    known = set(words)
     answers = [str(a) for a in example["golden_answers"]]
     spans = names_in(question) + [n for a in answers for n in names_in(a)]
-    renamed = {w: "" for span in spans for w in WORD.findall(span) if w.lower() not in known and w not in shared}
+    renamed = {w: "" for span in spans for w in WORD.findall(span) if w.lower() not in known and w not in TEMPLATE_WORDS}
     if not renamed:
         return None
     taken = set(renamed)
