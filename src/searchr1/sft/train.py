@@ -285,13 +285,12 @@ def run_sft(
                                       observe=observe, rag_context=rag_context)
 
         records = build(rows, paths)
-        numbers, words = [], []
+        numbers = []
         if cfg.number_drills or cfg.vary_values:
             numbers = corpus_numbers(row.get("contents", "") for _, row in iter_jsonl(settings.corpus.out_path))
-        if cfg.new_names:
-            words = corpus_words(row.get("contents", "") for _, row in iter_jsonl(settings.corpus.out_path))
         records += comparison_copies(records, rows, paths, cfg, build, numbers_by_length(numbers), settings.seed)
         if cfg.new_names:
+            words = corpus_words(row.get("contents", "") for _, row in iter_jsonl(settings.corpus.out_path))
             rng = random.Random(settings.seed + 1)  # its own stream: the trajectories themselves stay as they were
             picked = [r for r in records if rng.random() < cfg.new_names]
             records += [c for r in picked if (c := with_new_names(r, words, rng, cfg.reword))]
